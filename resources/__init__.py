@@ -1,0 +1,103 @@
+"""Dagster resources: thin `ConfigurableResource` wrappers around the library's storage and devices."""
+
+
+from typing import Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from dagster_deepfake.config import Settings, load_settings
+from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.bucket import UploadBucket
+from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+
+
+def _s3_options(endpoint_url: str | None, region: str | None) -> dict[str, Any]:
+    client: dict[str, Any] = {}
+    if endpoint_url:
+        client["endpoint_url"] = endpoint_url
+    if region:
+        client["region_name"] = region
+    return {"client_kwargs": client} if client else {}
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The contract and platform settings (config/config.yaml unless `config_path` says otherwise)."""
+
+    config_path: str | None = None
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def get(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where frames, faces, tables and reports land: a local folder or an fsspec URL."""
+
+    root: str
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    def store(self) -> ArtifactStore:
+        options = _s3_options(self.s3_endpoint_url, self.s3_region) if self.root.startswith("s3://") else {}
+        return ArtifactStore(self.root, options)
+
+
+class UploadBucketResource(dg.ConfigurableResource):
+    """The bucket analysts drop videos into (file:// by default, s3:// in production)."""
+
+    uri: str
+    suffixes: list[str]
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    def bucket(self) -> UploadBucket:
+        options = _s3_options(self.s3_endpoint_url, self.s3_region) if self.uri.startswith("s3://") else {}
+        return UploadBucket(self.uri, self.suffixes, options)
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The results database. With no `url`, the project's embedded PostgreSQL in `data_dir` is started."""
+
+    url: str | None = None
+    data_dir: str = ".pgdata"
+    _db: ResultsDB | None = PrivateAttr(default=None)
+
+    def db(self) -> ResultsDB:
+        if self._db is None:
+            db = ResultsDB(self.url or embedded_postgres_url(self.data_dir))
+            db.create_schema()
+            self._db = db
+        return self._db
+
+
+class TorchDeviceResource(dg.ConfigurableResource):
+    """Which torch device model steps use: `auto` picks CUDA when present, else CPU."""
+
+    device: str = "auto"
+
+    def torch_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise dg.Failure("device 'cuda' was configured but no CUDA device is available")
+        return self.device
+
+
+def default_resources(settings: Settings | None = None, config_path: str | None = None) -> dict[str, Any]:
+    """Resources bound to the settings file: what `definitions.py` and the tests use."""
+    s = settings or load_settings(config_path)
+    p = s.platform
+    return {
+        "settings": SettingsResource(config_path=config_path),
+        "artifacts": ArtifactStoreResource(root=p.artifact_root, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region),
+        "upload_bucket": UploadBucketResource(
+            uri=p.upload_uri, suffixes=p.upload_suffixes, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region
+        ),
+        "postgres": PostgresResource(url=p.postgres_url, data_dir=p.postgres_data_dir),
+        "torch_device": TorchDeviceResource(device=p.device),
+    }

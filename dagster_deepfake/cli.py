@@ -1,0 +1,149 @@
+"""`dagster-deepfake`: the command line of the platform.
+
+Every subcommand is a thin shell over the library; errors a user can act on print one line
+(no traceback) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from dagster_deepfake.errors import DeepfakeError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dagster_deepfake.analyze import analyze_file, render_text
+
+    from dagster_deepfake.config import load_settings
+
+    settings = load_settings(args.config)
+    result = analyze_file(args.video, settings, model_config=args.model)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(render_text(result, timings=args.timings))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dagster_deepfake.synthetic import generate_clip, generate_dataset
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.n:
+        frame = generate_dataset(
+            out, args.n, seed=args.seed, duration=args.duration, width=args.width, height=args.height, fps=args.fps
+        )
+        print(f"wrote {len(frame)} clips and {out / 'manifest.csv'}")
+        print(frame.groupby(["split", "label"]).size().to_string())
+        return 0
+    clip = generate_clip(
+        out / f"synthetic_{args.seed:04d}.mp4",
+        seed=args.seed,
+        duration=args.duration,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        audio=args.audio,
+        num_faces=args.faces,
+        manipulation=args.manipulation,
+    )
+    print(json.dumps(clip.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dagster_deepfake.demo import run_demo
+
+    return run_demo(config_path=args.config, timeout_s=args.timeout, with_shared=not args.no_shared)
+
+
+def _cmd_db_url(args: argparse.Namespace) -> int:
+    from dagster_deepfake.config import load_settings
+    from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url, redact
+
+    p = load_settings(args.config).platform
+    db = ResultsDB(p.postgres_url or embedded_postgres_url(p.postgres_data_dir))
+    db.create_schema()
+    print(db.url if args.show_password else redact(db.url))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from dagster_deepfake.demo import stop_embedded_postgres
+
+    stop_embedded_postgres(args.config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dagster-deepfake",
+        description="Tell whether a talking-face video is real or manipulated, and show why.",
+    )
+    parser.add_argument("--config", help="config file (default: $DAGSTER_DEEPFAKE_CONFIG or config/config.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="run the whole per-video pipeline in-process on one file and print the result")
+    p.add_argument("video", help="path to a video file")
+    p.add_argument("--json", action="store_true", help="print the result document as JSON")
+    p.add_argument("--timings", action="store_true", help="print wall time per stage")
+    p.add_argument("--model", default=None, help="model registry config (default: model.registry_config)")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("synth", help="write synthetic talking-face test videos (labelled, deterministic by seed)")
+    p.add_argument("--out", default="synthetic", help="output folder (default: ./synthetic)")
+    p.add_argument("--n", type=int, default=0, help="write a labelled dataset of N clips with manifest.csv")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per clip")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--audio", choices=["speech", "silence", "none"], default="speech")
+    p.add_argument("--faces", type=int, choices=[0, 1, 2], default=1, help="faces in frame (single clip)")
+    p.add_argument(
+        "--manipulation", choices=["face_swap", "reenactment", "lip_sync"], default=None, help="make a fake"
+    )
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser(
+        "demo",
+        help="drop sample videos into the local bucket, let the sensor run them through Dagster, print a summary",
+    )
+    p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
+    p.add_argument("--no-shared", action="store_true", help="skip the sample clips in ../shared/media")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("db-url", help="start the embedded PostgreSQL if needed and print the results DB URL")
+    p.add_argument("--show-password", action="store_true")
+    p.set_defaults(func=_cmd_db_url)
+
+    p = sub.add_parser("stop", help="stop the embedded PostgreSQL server")
+    p.set_defaults(func=_cmd_stop)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DeepfakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The Dagster code location: every asset, check, job, sensor and resource of the platform.
+
+This is the only module of the `dagster_deepfake` package that imports Dagster.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import ingest
+from assets.partitions import videos_partitions
+from dagster_deepfake.config import load_settings
+from resources import default_resources
+from sensors.job_status import job_failure_recorder, job_success_recorder
+from sensors.uploads import build_upload_sensor
+
+PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames]
+
+analyze_video_job = dg.define_asset_job(
+    name="analyze_video",
+    selection=dg.AssetSelection.assets(*PER_VIDEO_ASSETS),
+    partitions_def=videos_partitions,
+    description="Every per-video stage for one uploaded video (one partition).",
+    tags={"dagster/max_retries": "1"},
+)
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    settings = load_settings(config_path)
+    return dg.Definitions(
+        assets=PER_VIDEO_ASSETS,
+        jobs=[analyze_video_job],
+        sensors=[
+            build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
+            job_failure_recorder,
+            job_success_recorder,
+        ],
+        resources=default_resources(settings, config_path),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,179 @@
+"""The per-video stages as plain functions: in-memory in, in-memory out, plus `persist_*` /
+`load_*` pairs that move a stage's output through the artifact store.
+
+Dagster assets call `load_* → stage → persist_*`; `dagster-deepfake analyze` chains the stages
+in memory (one decode, no round trips). Both therefore run the same science.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from dagster_deepfake.config import Settings
+from dagster_deepfake.errors import InvalidVideoError
+from dagster_deepfake.media.frames import SampledFrame, sample_frames
+from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
+from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.bucket import open_uri
+from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
+
+# Extensions kept for the ingested copy (ffmpeg sniffs content anyway; the name only helps people).
+_KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
+
+
+def source_rel(video_id: str, ext: str = ".mp4") -> str:
+    return ArtifactStore.video_rel(video_id, "source" + ext)
+
+
+def find_source_rel(store: ArtifactStore, video_id: str) -> str:
+    """The ingested copy's path (its extension follows the upload's)."""
+    names = [n for n in store.list(ArtifactStore.video_rel(video_id)) if n.startswith("source")]
+    if not names:
+        raise InvalidVideoError(video_id, "raw_video has not been materialized for this partition")
+    return ArtifactStore.video_rel(video_id, names[0])
+
+
+@dataclass
+class IngestedVideo:
+    video_id: str
+    sha256: str
+    probe: VideoProbe
+    warnings: list[str]
+    source_rel: str
+
+
+def ingest_video(
+    store: ArtifactStore,
+    video_id: str,
+    source_uri: str,
+    settings: Settings,
+    *,
+    storage_options: dict | None = None,
+) -> IngestedVideo:
+    """Copy the upload into the artifact store, check its hash, probe and validate it."""
+    name = posixpath.basename(source_uri.split("?", 1)[0])
+    ext = os.path.splitext(name)[1].lower()
+    rel = source_rel(video_id, ext if ext in _KNOWN_EXTENSIONS else ".mp4")
+    with tempfile.TemporaryDirectory(prefix="ddf-ingest-") as tmp:
+        local = os.path.join(tmp, "upload" + (ext if ext in _KNOWN_EXTENSIONS else ".mp4"))
+        try:
+            with open_uri(source_uri, storage_options) as src, open(local, "wb") as dst:
+                while chunk := src.read(4 * 1024 * 1024):
+                    dst.write(chunk)
+        except FileNotFoundError as exc:
+            raise InvalidVideoError(source_uri, "the uploaded object no longer exists") from exc
+        sha = sha256_file(local)
+        if partition_key_for_sha256(sha) != video_id:
+            raise InvalidVideoError(
+                source_uri, f"content changed since upload (hash {sha[:16]} does not match {video_id})"
+            )
+        probe = probe_video(local)
+        warnings = validate_probe(
+            probe,
+            min_height=settings.data.min_height,
+            max_height=settings.data.max_height,
+            max_duration_seconds=settings.platform.max_duration_seconds,
+        )
+        store.put_file(local, rel)
+    probe = VideoProbe(**{**probe.to_dict(), "path": store.full_url(rel)})
+    return IngestedVideo(video_id, sha, probe, warnings, rel)
+
+
+def video_row(ingested: IngestedVideo, source_uri: str, file_name: str, uploader: str | None) -> pd.DataFrame:
+    p = ingested.probe
+    return pd.DataFrame(
+        [
+            {
+                "video_id": ingested.video_id,
+                "sha256": ingested.sha256,
+                "source_uri": source_uri,
+                "file_name": file_name,
+                "uploader": uploader,
+                "size_bytes": p.size_bytes,
+                "container": p.container,
+                "codec": p.codec,
+                "width": p.width,
+                "height": p.height,
+                "rotation": p.rotation,
+                "fps": p.fps,
+                "duration": p.duration,
+                "has_audio": p.has_audio,
+                "audio_codec": p.audio_codec,
+                "warnings": ingested.warnings,
+                "ingested_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
+            }
+        ]
+    )
+
+
+# -- frames -----------------------------------------------------------------------------------------
+
+
+def frame_rel(video_id: str, frame_id: int) -> str:
+    return ArtifactStore.video_rel(video_id, "frames", f"{frame_id:06d}.png")
+
+
+@dataclass
+class FramesSummary:
+    table: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    thumbnail_png: bytes | None = None
+
+
+def encode_png(image_rgb: np.ndarray, compression: int = 1) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def thumbnail(image_rgb: np.ndarray, width: int = 240) -> bytes:
+    h, w = image_rgb.shape[:2]
+    small = cv2.resize(image_rgb, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return buf.tobytes()
+
+
+def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[SampledFrame]) -> FramesSummary:
+    """Write each sampled frame as a lossless PNG and the frame index as Parquet.
+
+    Old frames of this video are removed first, so a re-run never mixes two samplings.
+    """
+    store.remove(ArtifactStore.video_rel(video_id, "frames"))
+    rows = []
+    thumb = None
+    for frame in frames:
+        rel = frame_rel(video_id, frame.frame_id)
+        store.write_bytes(rel, encode_png(frame.image))
+        if thumb is None:
+            thumb = thumbnail(frame.image)
+        h, w = frame.image.shape[:2]
+        rows.append(
+            {"video_id": video_id, "frame_id": frame.frame_id, "timestamp": frame.timestamp, "path": rel, "width": w, "height": h}
+        )
+    table = pd.DataFrame(rows, columns=["video_id", "frame_id", "timestamp", "path", "width", "height"])
+    store.write_table("frames", video_id, table)
+    return FramesSummary(table=table, thumbnail_png=thumb)
+
+
+def load_frames(store: ArtifactStore, video_id: str) -> Iterator[SampledFrame]:
+    """The sampled frames of a video back from the store, in frame order."""
+    table = store.read_table("frames", video_id)
+    for row in table.sort_values("frame_id").itertuples():
+        data = np.frombuffer(store.read_bytes(row.path), dtype=np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise RuntimeError(f"frame file {row.path} is unreadable; re-materialize `frames` for {video_id}")
+        yield SampledFrame(int(row.frame_id), float(row.timestamp), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+

@@ -1,0 +1,153 @@
+"""The artifact store: the one place that knows where every file and table of a video lives.
+
+The root is a local path or any fsspec URL (``s3://bucket/prefix``). Layout::
+
+    <root>/videos/<video_id>/source<ext>            the ingested copy of the upload
+    <root>/videos/<video_id>/frames/<frame_id>.png  sampled frames (lossless)
+    <root>/videos/<video_id>/faces/…                aligned crops and the face strip
+    <root>/tables/<table>/v<schema version>/<video_id>.parquet   one file per partition per table
+
+Writes are atomic (temp file + rename locally; a single PUT on object stores), so a
+reader never sees half a file. Only validated partition keys and fixed names become
+paths: nothing from an upload's name ever does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dagster_deepfake.storage.keys import require_partition_key
+from dagster_deepfake.storage.schemas import TableSpec, get_table_spec
+
+
+def _check_relpath(relpath: str) -> str:
+    parts = relpath.replace("\\", "/").split("/")
+    if relpath.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"unsafe artifact path: {relpath!r}")
+    return "/".join(parts)
+
+
+class ArtifactStore:
+    """Files and Parquet tables under one root (local folder or fsspec URL)."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = root.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.is_local = self.fs.protocol in ("file", "local") or "file" in tuple(self.fs.protocol)
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, relpath: str) -> str:
+        """Absolute path inside the store's filesystem."""
+        return posixpath.join(self.root, _check_relpath(relpath))
+
+    def full_url(self, relpath: str) -> str:
+        return self.fs.unstrip_protocol(self.path(relpath)) if not self.is_local else self.path(relpath)
+
+    @staticmethod
+    def video_rel(video_id: str, *parts: str) -> str:
+        return "/".join(["videos", require_partition_key(video_id), *parts])
+
+    @staticmethod
+    def table_rel(spec: TableSpec, video_id: str) -> str:
+        return f"tables/{spec.name}/v{spec.version}/{require_partition_key(video_id)}.parquet"
+
+    # -- bytes -------------------------------------------------------------------------------
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self.path(relpath))
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self.fs.cat_file(self.path(relpath))
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        target = self.path(relpath)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.pipe_file(target, data)
+        return target
+
+    def put_file(self, local_path: str, relpath: str) -> str:
+        target = self.path(relpath)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                self.fs.cp_file(local_path, tmp)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.put_file(local_path, target)
+        return target
+
+    def remove(self, relpath: str, recursive: bool = True) -> None:
+        target = self.path(relpath)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=recursive)
+
+    def list(self, relpath: str) -> list[str]:
+        target = self.path(relpath)
+        if not self.fs.exists(target):
+            return []
+        return sorted(posixpath.basename(p) for p in self.fs.ls(target, detail=False))
+
+    @contextlib.contextmanager
+    def local_path(self, relpath: str) -> Iterator[str]:
+        """A local filesystem path for `relpath` (a temporary download when the store is remote)."""
+        if self.is_local:
+            yield self.path(relpath)
+            return
+        suffix = posixpath.splitext(relpath)[1]
+        with tempfile.TemporaryDirectory(prefix="ddf-") as tmp:
+            local = os.path.join(tmp, "artifact" + suffix)
+            self.fs.get_file(self.path(relpath), local)
+            yield local
+
+    # -- tables ------------------------------------------------------------------------------
+    def write_table(self, table: str, video_id: str, frame: pd.DataFrame) -> str:
+        """Replace this video's rows of `table` (idempotent: a re-run overwrites, never appends)."""
+        spec = get_table_spec(table)
+        arrow = spec.to_arrow(frame)
+        buf = io.BytesIO()
+        pq.write_table(arrow, buf, compression="zstd")
+        return self.write_bytes(self.table_rel(spec, video_id), buf.getvalue())
+
+    def read_table(self, table: str, video_id: str) -> pd.DataFrame:
+        spec = get_table_spec(table)
+        data = self.read_bytes(self.table_rel(spec, video_id))
+        return pq.read_table(io.BytesIO(data), schema=spec.schema).to_pandas()
+
+    def has_table(self, table: str, video_id: str) -> bool:
+        return self.exists(self.table_rel(get_table_spec(table), video_id))
+
+    def read_all(self, table: str) -> pd.DataFrame:
+        """Every partition's rows of `table` (current schema version) as one frame."""
+        spec = get_table_spec(table)
+        folder = self.path(f"tables/{spec.name}/v{spec.version}")
+        if not self.fs.exists(folder):
+            return spec.schema.empty_table().to_pandas()
+        files = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".parquet"))
+        tables = [pq.read_table(io.BytesIO(self.fs.cat_file(p)), schema=spec.schema) for p in files]
+        return pa.concat_tables(tables).to_pandas() if tables else spec.schema.empty_table().to_pandas()

@@ -1,0 +1,87 @@
+"""Fixed, versioned Parquet schemas. Bump a table's version when its columns change.
+
+Each table is written one file per video partition (see ArtifactStore). The schema is
+enforced on write: a missing or extra column is a bug, not something to paper over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    version: int
+    schema: pa.Schema
+
+    def to_arrow(self, frame: pd.DataFrame) -> pa.Table:
+        expected = set(self.schema.names)
+        got = set(frame.columns)
+        if expected != got:
+            raise ValueError(
+                f"table {self.name!r} v{self.version}: missing columns {sorted(expected - got)}, "
+                f"unexpected columns {sorted(got - expected)}"
+            )
+        table = pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False)
+        return table.replace_schema_metadata({"table": self.name, "schema_version": str(self.version)})
+
+
+_f32, _f64, _i32, _i64, _str, _bool = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
+_ts = pa.timestamp("us", tz="UTC")
+
+TABLES: dict[str, TableSpec] = {}
+
+
+def _register(name: str, version: int, fields: list[tuple[str, pa.DataType]]) -> TableSpec:
+    spec = TableSpec(name, version, pa.schema([pa.field(n, t) for n, t in fields]))
+    TABLES[name] = spec
+    return spec
+
+
+VIDEOS = _register(
+    "videos",
+    1,
+    [
+        ("video_id", _str),
+        ("sha256", _str),
+        ("source_uri", _str),
+        ("file_name", _str),
+        ("uploader", _str),
+        ("size_bytes", _i64),
+        ("container", _str),
+        ("codec", _str),
+        ("width", _i32),
+        ("height", _i32),
+        ("rotation", _i32),
+        ("fps", _f64),
+        ("duration", _f64),
+        ("has_audio", _bool),
+        ("audio_codec", _str),
+        ("warnings", pa.list_(_str)),
+        ("ingested_at", _ts),
+    ],
+)
+
+FRAMES = _register(
+    "frames",
+    1,
+    [
+        ("video_id", _str),
+        ("frame_id", _i32),
+        ("timestamp", _f64),
+        ("path", _str),
+        ("width", _i32),
+        ("height", _i32),
+    ],
+)
+
+
+def get_table_spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
