@@ -1,6 +1,7 @@
 """Dagster resources: thin `ConfigurableResource` wrappers around the library's storage and devices."""
 
 
+import json
 from typing import Any
 
 import dagster as dg
@@ -25,11 +26,13 @@ class SettingsResource(dg.ConfigurableResource):
     """The contract and platform settings (config/config.yaml unless `config_path` says otherwise)."""
 
     config_path: str | None = None
+    # Top-level `platform` overrides as JSON (tests and one-off runs); empty means the file as is.
+    platform_overrides_json: str = "{}"
     _settings: Settings | None = PrivateAttr(default=None)
 
     def get(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config_path)
+            self._settings = load_settings(self.config_path, **json.loads(self.platform_overrides_json))
         return self._settings
 
 
@@ -89,11 +92,13 @@ class TorchDeviceResource(dg.ConfigurableResource):
 
 
 def default_resources(settings: Settings | None = None, config_path: str | None = None) -> dict[str, Any]:
-    """Resources bound to the settings file: what `definitions.py` and the tests use."""
+    """Resources bound to `settings` (default: the settings file): what `definitions.py` and the tests use."""
     s = settings or load_settings(config_path)
     p = s.platform
     return {
-        "settings": SettingsResource(config_path=config_path),
+        "settings": SettingsResource(
+            config_path=config_path, platform_overrides_json=json.dumps(p.model_dump()) if settings else "{}"
+        ),
         "artifacts": ArtifactStoreResource(root=p.artifact_root, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region),
         "upload_bucket": UploadBucketResource(
             uri=p.upload_uri, suffixes=p.upload_suffixes, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region
