@@ -1,6 +1,5 @@
 """`raw_video` and `frames`: ingest the upload, probe it, sample frames at the contract's rate."""
 
-
 import dagster as dg
 
 from assets.common import fail_video_on_bad_input, image_md
@@ -34,7 +33,9 @@ def raw_video(
         store = artifacts.store()
         ingested = pipeline.ingest_video(store, video_id, video["source_uri"], settings.get())
     store.write_table(
-        "videos", video_id, pipeline.video_row(ingested, video["source_uri"], video["file_name"], video["uploader"])
+        "videos",
+        video_id,
+        pipeline.video_row(ingested, video["source_uri"], video["file_name"], video["uploader"]),
     )
     db.upsert_video(**{**video, "probe": {**ingested.probe.to_dict(), "warnings": ingested.warnings}})
     p: VideoProbe = ingested.probe
@@ -74,9 +75,14 @@ def frames(
     video_id = context.partition_key
     store = artifacts.store()
     db = postgres.db()
-    probe = VideoProbe(**{k: v for k, v in (db.get_video(video_id)["probe"] or {}).items() if k != "warnings"})
+    probe = VideoProbe(
+        **{k: v for k, v in (db.get_video(video_id)["probe"] or {}).items() if k != "warnings"}
+    )
     rate = settings.get().data.frame_rate
-    with fail_video_on_bad_input(db, video_id, "frames"), store.local_path(pipeline.find_source_rel(store, video_id)) as local:
+    with (
+        fail_video_on_bad_input(db, video_id, "frames"),
+        store.local_path(pipeline.find_source_rel(store, video_id)) as local,
+    ):
         sampler = sample_frames(local, probe, rate)
         summary = pipeline.persist_frames(store, video_id, sampler)
     for warning in sampler.warnings:
@@ -92,4 +98,3 @@ def frames(
             "thumbnail": dg.MetadataValue.md(image_md(summary.thumbnail_png or b"", "first sampled frame")),
         }
     )
-

@@ -18,7 +18,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dagster_deepfake.analyze import analyze_file, render_text
-
     from dagster_deepfake.config import load_settings
 
     settings = load_settings(args.config)
@@ -39,7 +38,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.n:
         frame = generate_dataset(
-            out, args.n, seed=args.seed, duration=args.duration, width=args.width, height=args.height, fps=args.fps
+            out,
+            args.n,
+            seed=args.seed,
+            duration=args.duration,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
         )
         print(f"wrote {len(frame)} clips and {out / 'manifest.csv'}")
         print(frame.groupby(["split", "label"]).size().to_string())
@@ -88,17 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dagster-deepfake",
         description="Tell whether a talking-face video is real or manipulated, and show why.",
     )
-    parser.add_argument("--config", help="config file (default: $DAGSTER_DEEPFAKE_CONFIG or config/config.yaml)")
+    parser.add_argument(
+        "--config", help="config file (default: $DAGSTER_DEEPFAKE_CONFIG or config/config.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="run the whole per-video pipeline in-process on one file and print the result")
+    p = sub.add_parser(
+        "analyze", help="run the whole per-video pipeline in-process on one file and print the result"
+    )
     p.add_argument("video", help="path to a video file")
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
     p.add_argument("--timings", action="store_true", help="print wall time per stage")
     p.add_argument("--model", default=None, help="model registry config (default: model.registry_config)")
     p.set_defaults(func=_cmd_analyze)
 
-    p = sub.add_parser("synth", help="write synthetic talking-face test videos (labelled, deterministic by seed)")
+    p = sub.add_parser(
+        "synth", help="write synthetic talking-face test videos (labelled, deterministic by seed)"
+    )
     p.add_argument("--out", default="synthetic", help="output folder (default: ./synthetic)")
     p.add_argument("--n", type=int, default=0, help="write a labelled dataset of N clips with manifest.csv")
     p.add_argument("--seed", type=int, default=0)

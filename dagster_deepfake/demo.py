@@ -96,7 +96,9 @@ def run_demo(*, config_path: str | None = None, timeout_s: float = 1200, with_sh
             console.print(f"  dropped {obj.uri}")
 
     log_path = REPO_ROOT / ".dagster_home" / "daemon.log"
-    console.print(f"[bold]starting[/] dagster-daemon (log: {log_path}); the upload sensor picks the files up …")
+    console.print(
+        f"[bold]starting[/] dagster-daemon (log: {log_path}); the upload sensor picks the files up …"
+    )
     daemon = _start_daemon(log_path)
     last: dict[str, str] = {}
     try:
@@ -114,7 +116,9 @@ def run_demo(*, config_path: str | None = None, timeout_s: float = 1200, with_sh
                 break
             time.sleep(2)
         else:
-            console.print(f"[red]timed out after {timeout_s:.0f} s; runs are still visible in `make dagit`[/]")
+            console.print(
+                f"[red]timed out after {timeout_s:.0f} s; runs are still visible in `make dagit`[/]"
+            )
     finally:
         _stop(daemon)
 
@@ -125,7 +129,17 @@ def run_demo(*, config_path: str | None = None, timeout_s: float = 1200, with_sh
 
 def _print_summary(db: ResultsDB, expected: dict[str, str], artifact_root: str) -> None:
     table = Table(title="What landed")
-    for col in ("file", "video_id", "status", "resolution", "duration", "audio", "verdict", "P(fake)", "reason"):
+    for col in (
+        "file",
+        "video_id",
+        "status",
+        "resolution",
+        "duration",
+        "audio",
+        "verdict",
+        "P(fake)",
+        "reason",
+    ):
         table.add_column(col)
     for vid, name in expected.items():
         job = db.get_job(vid) or {}
@@ -146,7 +160,9 @@ def _print_summary(db: ResultsDB, expected: dict[str, str], artifact_root: str) 
     console.print(table)
     console.print(f"Parquet tables:   {artifact_root}/tables/<table>/v<version>/<video_id>.parquet")
     console.print(f"Artifacts:        {artifact_root}/videos/<video_id>/")
-    console.print("PostgreSQL:       tables videos, jobs, predictions (`dagster-deepfake db-url` prints the URL)")
+    console.print(
+        "PostgreSQL:       tables videos, jobs, predictions (`dagster-deepfake db-url` prints the URL)"
+    )
     console.print("Dagster UI:       `make dagit`, then http://127.0.0.1:3000 (partitions, runs, metadata)")
 
 
@@ -157,9 +173,8 @@ def stop_embedded_postgres(config_path: str | None = None) -> None:
     if settings.platform.postgres_url or not (data_dir / "postmaster.pid").exists():
         console.print("no embedded PostgreSQL is running")
         return
-    from pgserver._commands import pg_ctl  # pgserver's bundled binaries
-
     import pgserver
+    from pgserver._commands import pg_ctl  # pgserver's bundled binaries
 
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir, user=server.system_user)

@@ -21,7 +21,9 @@ class InvalidVideoError(DeepfakeError):
 class NoFaceFoundError(DeepfakeError):
     """No sampled frame held exactly one face, so there is nothing to classify."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str = "no face found in any sampled frame") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], reason: str = "no face found in any sampled frame"
+    ) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import InvalidVideoError
-from dagster_deepfake.media.frames import SampledFrame, sample_frames
+from dagster_deepfake.media.frames import SampledFrame
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import open_uri
@@ -130,7 +130,9 @@ class FramesSummary:
 
 
 def encode_png(image_rgb: np.ndarray, compression: int = 1) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    )
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -158,7 +160,14 @@ def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[Sampled
             thumb = thumbnail(frame.image)
         h, w = frame.image.shape[:2]
         rows.append(
-            {"video_id": video_id, "frame_id": frame.frame_id, "timestamp": frame.timestamp, "path": rel, "width": w, "height": h}
+            {
+                "video_id": video_id,
+                "frame_id": frame.frame_id,
+                "timestamp": frame.timestamp,
+                "path": rel,
+                "width": w,
+                "height": h,
+            }
         )
     table = pd.DataFrame(rows, columns=["video_id", "frame_id", "timestamp", "path", "width", "height"])
     store.write_table("frames", video_id, table)
@@ -174,6 +183,3 @@ def load_frames(store: ArtifactStore, video_id: str) -> Iterator[SampledFrame]:
         if bgr is None:
             raise RuntimeError(f"frame file {row.path} is unreadable; re-materialize `frames` for {video_id}")
         yield SampledFrame(int(row.frame_id), float(row.timestamp), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-
-

@@ -1,6 +1,5 @@
 """Dagster resources: thin `ConfigurableResource` wrappers around the library's storage and devices."""
 
-
 import json
 from typing import Any
 
@@ -99,9 +98,14 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
         "settings": SettingsResource(
             config_path=config_path, platform_overrides_json=json.dumps(p.model_dump()) if settings else "{}"
         ),
-        "artifacts": ArtifactStoreResource(root=p.artifact_root, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region),
+        "artifacts": ArtifactStoreResource(
+            root=p.artifact_root, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region
+        ),
         "upload_bucket": UploadBucketResource(
-            uri=p.upload_uri, suffixes=p.upload_suffixes, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region
+            uri=p.upload_uri,
+            suffixes=p.upload_suffixes,
+            s3_endpoint_url=p.s3_endpoint_url,
+            s3_region=p.s3_region,
         ),
         "postgres": PostgresResource(url=p.postgres_url, data_dir=p.postgres_data_dir),
         "torch_device": TorchDeviceResource(device=p.device),

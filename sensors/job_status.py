@@ -1,6 +1,5 @@
 """Keep the `jobs` table honest when a run dies outside an asset's own error handling."""
 
-
 import dagster as dg
 
 from dagster_deepfake.storage.keys import is_partition_key

@@ -5,7 +5,6 @@ requests, the `build_add_request` for new keys and the cursor. The scan and curs
 live in `dagster_deepfake.ingest` so they are tested without Dagster.
 """
 
-
 import time
 
 import dagster as dg
@@ -63,7 +62,9 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
                     tags={SOURCE_URI_TAG: reg.source_uri[:4000], FILE_NAME_TAG: reg.file_name[:255]},
                 )
             )
-        context.log.info(f"{len(scan.objects)} new objects, {len(new_keys)} new videos, {scan.waiting} waiting")
+        context.log.info(
+            f"{len(scan.objects)} new objects, {len(new_keys)} new videos, {scan.waiting} waiting"
+        )
         return dg.SensorResult(
             run_requests=requests,
             cursor=scan.cursor.to_json(),

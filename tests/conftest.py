@@ -26,9 +26,8 @@ def pg_url() -> Iterator[str]:
     data_dir = tempfile.mkdtemp(prefix="ddfpg-")
     url = embedded_postgres_url(data_dir)
     yield url
-    from pgserver._commands import pg_ctl
-
     import pgserver
+    from pgserver._commands import pg_ctl
 
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     try:
@@ -81,7 +80,17 @@ def ffmpeg_video(tmp_path: Path) -> Callable[..., Path]:
         extra: list[str] | None = None,
     ) -> Path:
         out = tmp_path / name
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}"]
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}",
+        ]
         if audio:
             cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000"]
         cmd += ["-t", str(duration), "-pix_fmt", "yuv420p", *(extra or []), str(out)]

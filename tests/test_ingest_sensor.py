@@ -33,7 +33,9 @@ def test_cursor_same_mtime_is_neither_skipped_nor_repeated():
     assert [o.key for o in first.objects] == ["a.mp4", "b.mp4"] and first.waiting == 1
     # a new object with the very same mtime arrives before the next tick
     objs.append(_obj("aa.mp4", 100.0))
-    second = select_new_objects(objs, ScanCursor.from_json(first.cursor.to_json()), now=1000, settle_seconds=0, limit=10)
+    second = select_new_objects(
+        objs, ScanCursor.from_json(first.cursor.to_json()), now=1000, settle_seconds=0, limit=10
+    )
     assert [o.key for o in second.objects] == ["aa.mp4", "c.mp4"]
     third = select_new_objects(objs, second.cursor, now=1000, settle_seconds=0, limit=10)
     assert third.objects == []
@@ -86,7 +88,10 @@ def test_sensor_registers_partitions_and_requests_runs(settings, db, ffmpeg_vide
 
     result = _sensor_tick(instance, resources)
     keys = {r.partition_key for r in result.run_requests}
-    assert keys == {partition_key_for_sha256(sha256_file(str(a))), partition_key_for_sha256(sha256_file(str(b)))}
+    assert keys == {
+        partition_key_for_sha256(sha256_file(str(a))),
+        partition_key_for_sha256(sha256_file(str(b))),
+    }
     assert all(is_partition_key(k) for k in keys)
     assert {r.run_key for r in result.run_requests} == keys
     assert set(result.dynamic_partitions_requests[0].partition_keys) == keys
@@ -143,7 +148,9 @@ def test_assets_materialize_shared_clip(settings, db):
     # Idempotent: re-materializing replaces, never duplicates.
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("videos", [video_id])
-    dg.materialize([raw_video, frames], partition_key=video_id, resources=default_resources(settings), instance=instance)
+    dg.materialize(
+        [raw_video, frames], partition_key=video_id, resources=default_resources(settings), instance=instance
+    )
     assert len(store.read_table("frames", video_id)) == 27
     assert len(store.list(f"videos/{video_id}/frames")) == 27
 

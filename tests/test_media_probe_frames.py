@@ -36,7 +36,19 @@ def test_rotated_video_reports_display_size(ffmpeg_video, tmp_path):
     src = ffmpeg_video(size="320x240", audio=False)
     rotated = tmp_path / "rotated.mp4"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(rotated)],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            str(rotated),
+        ],
         check=True,
     )
     p = probe_video(rotated)
@@ -64,14 +76,31 @@ def test_probe_rejects_non_video(tmp_path, content, reason):
 def test_probe_rejects_image_and_audio_only(tmp_path):
     png = tmp_path / "image.mp4"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240", "-frames:v", "1", "-f", "image2", "-c:v", "png", str(png)],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240",
+            "-frames:v",
+            "1",
+            "-f",
+            "image2",
+            "-c:v",
+            "png",
+            str(png),
+        ],
         check=True,
     )
     with pytest.raises(InvalidVideoError, match="still image"):
         probe_video(png)
     audio = tmp_path / "audio.mp4"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300", "-t", "1", str(audio)], check=True
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300", "-t", "1", str(audio)],
+        check=True,
     )
     with pytest.raises(InvalidVideoError, match="audio-only"):
         probe_video(audio)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from functools import lru_cache
+from functools import cache
 
 from dagster_deepfake.errors import MissingDependencyError
 
 _HINT = "install it with `make setup` (Debian: apt-get install ffmpeg) or set {env} to the binary's path"
 
 
-@lru_cache(maxsize=None)
+@cache
 def find_binary(name: str) -> str:
     """Absolute path of `name` ("ffmpeg" or "ffprobe"); $FFMPEG_BINARY / $FFPROBE_BINARY win."""
     env = f"{name.upper()}_BINARY"

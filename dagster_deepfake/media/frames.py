@@ -49,7 +49,9 @@ class FrameSampler:
     def __iter__(self) -> Iterator[SampledFrame]:
         width, height = self.probe.width, self.probe.height
         frame_bytes = width * height * 3
-        proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
+        proc = subprocess.Popen(
+            self._command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes
+        )
         assert proc.stdout is not None and proc.stderr is not None
         try:
             while True:

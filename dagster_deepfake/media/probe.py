@@ -160,7 +160,9 @@ def validate_probe(
         )
     warnings: list[str] = []
     if short_side > max_height:
-        warnings.append(f"resolution {probe.resolution} is above {max_height}p; faces are detected on a downscaled copy")
+        warnings.append(
+            f"resolution {probe.resolution} is above {max_height}p; faces are detected on a downscaled copy"
+        )
     if probe.codec not in {"h264", "hevc"}:
         warnings.append(f"codec {probe.codec} is outside the tested H.264/H.265 scope")
     if probe.variable_frame_rate:

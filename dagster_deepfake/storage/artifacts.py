@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -124,6 +125,15 @@ class ArtifactStore:
             local = os.path.join(tmp, "artifact" + suffix)
             self.fs.get_file(self.path(relpath), local)
             yield local
+
+    def write_array(self, relpath: str, array: np.ndarray) -> str:
+        """One array as .npy (no pickle), atomically."""
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return self.write_bytes(relpath, buf.getvalue())
+
+    def read_array(self, relpath: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(relpath)), allow_pickle=False)
 
     # -- tables ------------------------------------------------------------------------------
     def write_table(self, table: str, video_id: str, frame: pd.DataFrame) -> str:

@@ -72,7 +72,10 @@ class UploadBucket:
                 continue
             objects.append(
                 BucketObject(
-                    uri=self.fs.unstrip_protocol(path), key=key, size=int(info.get("size") or 0), mtime=_mtime(info)
+                    uri=self.fs.unstrip_protocol(path),
+                    key=key,
+                    size=int(info.get("size") or 0),
+                    mtime=_mtime(info),
                 )
             )
         objects.sort(key=lambda o: (o.mtime, o.key))
@@ -98,7 +101,9 @@ class UploadBucket:
         self.fs.put_file(local_path, tmp)
         self.fs.mv(tmp, target)
         info = self.fs.info(target)
-        return BucketObject(uri=self.fs.unstrip_protocol(target), key=key, size=int(info["size"]), mtime=_mtime(info))
+        return BucketObject(
+            uri=self.fs.unstrip_protocol(target), key=key, size=int(info["size"]), mtime=_mtime(info)
+        )
 
     def get_file(self, key: str, local_path: str) -> None:
         self.fs.get_file(self._path(key), local_path)

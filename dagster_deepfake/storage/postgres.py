@@ -209,7 +209,9 @@ class ResultsDB:
             found = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
         return dict(found) if found else None
 
-    def list_jobs(self, *, limit: int = 50, offset: int = 0, status: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(
+        self, *, limit: int = 50, offset: int = 0, status: str | None = None
+    ) -> list[dict[str, Any]]:
         query = select(jobs).order_by(jobs.c.submitted_at.desc(), jobs.c.job_id).limit(limit).offset(offset)
         if status:
             query = query.where(jobs.c.status == status)

@@ -30,7 +30,14 @@ class TableSpec:
         return table.replace_schema_metadata({"table": self.name, "schema_version": str(self.version)})
 
 
-_f32, _f64, _i32, _i64, _str, _bool = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
+_f32, _f64, _i32, _i64, _str, _bool = (
+    pa.float32(),
+    pa.float64(),
+    pa.int32(),
+    pa.int64(),
+    pa.string(),
+    pa.bool_(),
+)
 _ts = pa.timestamp("us", tz="UTC")
 
 TABLES: dict[str, TableSpec] = {}
@@ -77,6 +84,86 @@ FRAMES = _register(
         ("width", _i32),
         ("height", _i32),
     ],
+)
+
+FACES = _register(
+    "faces",
+    1,
+    [
+        ("video_id", _str),
+        ("frame_id", _i32),
+        ("timestamp", _f64),
+        ("num_faces", _i32),
+        ("score", _f32),
+        ("bbox", pa.list_(_f32)),
+        ("landmarks", pa.list_(_f32)),
+        ("kept", _bool),
+        ("skip_reason", _str),
+    ],
+)
+
+FLOW = _register(
+    "flow",
+    1,
+    [
+        ("video_id", _str),
+        ("frame_id", _i32),
+        ("timestamp", _f64),
+        ("flow_mean", _f32),
+        ("flow_std", _f32),
+        ("has_predecessor", _bool),
+    ],
+)
+
+SPEECH = _register(
+    "speech_segments",
+    1,
+    [("video_id", _str), ("segment_id", _i32), ("start", _f64), ("end", _f64), ("duration", _f64)],
+)
+
+WINDOWS = _register(
+    "windows",
+    1,
+    [
+        ("video_id", _str),
+        ("window_id", _i32),
+        ("start", _f64),
+        ("end", _f64),
+        ("n_frames", _i32),
+        ("p_fake", _f64),
+        ("p_fake_video_only", _f64),
+    ],
+)
+
+PREDICTIONS = _register(
+    "predictions",
+    1,
+    [
+        ("video_id", _str),
+        ("model_version", _str),
+        ("verdict", _str),
+        ("p_fake", _f64),
+        ("p_fake_uncalibrated", _f64),
+        ("p_fake_video_only", _f64),
+        ("ci_low", _f64),
+        ("ci_high", _f64),
+        ("interval_method", _str),
+        ("ensemble_size", _i32),
+        ("temperature", _f64),
+        ("frames_analyzed", _i32),
+        ("modalities", pa.list_(_str)),
+        ("pretrained_audio", _bool),
+        ("pretrained_video", _bool),
+        ("trained", _bool),
+        ("trained_on", _str),
+        ("created_at", _ts),
+    ],
+)
+
+REPORTS = _register(
+    "reports",
+    1,
+    [("video_id", _str), ("job_id", _str), ("status", _str), ("document", _str), ("created_at", _ts)],
 )
 
 
