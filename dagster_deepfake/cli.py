@@ -70,6 +70,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_path=args.config, timeout_s=args.timeout, with_shared=not args.no_shared)
 
 
+def _cmd_register_dataset(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from dagster_deepfake.config import load_settings
+    from dagster_deepfake.datasets import register_manifest
+    from dagster_deepfake.storage.artifacts import ArtifactStore
+    from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+    from dagster_deepfake.training.manifests import load_manifest, manifest_hash, write_manifest
+
+    settings = load_settings(args.config)
+    p = settings.platform
+    manifest = load_manifest(args.kind, args.root)
+    name = args.name or f"{args.kind}-{manifest_hash(manifest)}"
+    store = ArtifactStore(p.artifact_root)
+    manifest_path = store.path(f"datasets/{name}/manifest.parquet")
+    write_manifest(manifest, manifest_path)
+    db = ResultsDB(p.postgres_url or embedded_postgres_url(p.postgres_data_dir))
+    db.create_schema()
+    with Progress() as progress:
+        task = progress.add_task(f"hashing {len(manifest)} videos", total=len(manifest))
+        reg = register_manifest(
+            db, manifest, dataset_name=name, on_progress=lambda n: progress.advance(task, n)
+        )
+    from dagster_deepfake.definitions import add_partitions_to_instance
+
+    added = add_partitions_to_instance(reg.video_ids, batch_size=args.batch_size)
+    print(f"dataset {name}: {len(manifest)} rows, {len(reg.video_ids)} videos, {added} new partitions")
+    print(f"  splits: {manifest.groupby(['split', 'label']).size().to_dict()}")
+    print(f"  manifest: {manifest_path}")
+    if reg.duplicates:
+        print(f"  {reg.duplicates} rows repeat another row's bytes (one partition each)")
+    if reg.missing:
+        print(f"  {len(reg.missing)} paths are missing, e.g. {reg.missing[:3]}")
+    print("the dataset_backfill_sensor requests their runs (watch them with `make dagit`)")
+    return 0
+
+
 def _cmd_db_url(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
     from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url, redact
@@ -131,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
     p.add_argument("--no-shared", action="store_true", help="skip the sample clips in ../shared/media")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "register-dataset",
+        help="add every video of a labelled dataset as a partition; the backfill sensor then runs them",
+    )
+    p.add_argument("--kind", choices=["ffpp", "celebdf", "csv"], required=True)
+    p.add_argument("--root", required=True, help="dataset root folder (or the CSV file for --kind csv)")
+    p.add_argument("--name", help="dataset name (default: KIND-<manifest hash>)")
+    p.add_argument("--batch-size", type=int, default=1000, help="partitions per add request")
+    p.set_defaults(func=_cmd_register_dataset)
 
     p = sub.add_parser("db-url", help="start the embedded PostgreSQL if needed and print the results DB URL")
     p.add_argument("--show-password", action="store_true")

@@ -11,6 +11,7 @@ from assets import ingest
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
+from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 from sensors.job_status import job_failure_recorder, job_success_recorder
 from sensors.uploads import build_upload_sensor
 
@@ -32,6 +33,7 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
         jobs=[analyze_video_job],
         sensors=[
             build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
+            build_dataset_backfill_sensor(analyze_video_job),
             job_failure_recorder,
             job_success_recorder,
         ],
@@ -40,3 +42,9 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def add_partitions_to_instance(keys: list[str], batch_size: int = 1000) -> int:
+    """Add video partitions to the instance at $DAGSTER_HOME (used by `register-dataset`)."""
+    with dg.DagsterInstance.get() as instance:
+        return add_video_partitions(instance, keys, batch_size=batch_size)

@@ -218,6 +218,25 @@ class ResultsDB:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def queued_dataset_jobs(
+        self, *, after: tuple[dt.datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Queued jobs of dataset videos in registration order, after the (submitted_at, job_id) cursor."""
+        query = (
+            select(jobs.c.job_id, jobs.c.submitted_at, videos.c.dataset)
+            .join(videos, videos.c.video_id == jobs.c.video_id)
+            .where(jobs.c.status == "queued", videos.c.dataset.is_not(None))
+            .order_by(jobs.c.submitted_at, jobs.c.job_id)
+            .limit(limit)
+        )
+        if after is not None:
+            ts, job_id = after
+            query = query.where(
+                (jobs.c.submitted_at > ts) | ((jobs.c.submitted_at == ts) & (jobs.c.job_id > job_id))
+            )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
     # -- predictions / evaluations ---------------------------------------------------------------
     def upsert_prediction(self, **row: Any) -> None:
         self._upsert(predictions, row, "video_id", touch=False)
