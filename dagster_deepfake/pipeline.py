@@ -20,6 +20,7 @@ import pandas as pd
 
 from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import InvalidVideoError
+from dagster_deepfake.faces.extract import FaceExtraction, face_strip_png
 from dagster_deepfake.media.frames import SampledFrame
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -183,3 +184,46 @@ def load_frames(store: ArtifactStore, video_id: str) -> Iterator[SampledFrame]:
         if bgr is None:
             raise RuntimeError(f"frame file {row.path} is unreadable; re-materialize `frames` for {video_id}")
         yield SampledFrame(int(row.frame_id), float(row.timestamp), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+# -- faces ------------------------------------------------------------------------------------------
+
+
+def crops_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "faces", "crops.npy")
+
+
+def face_strip_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "faces", "strip.png")
+
+
+def persist_faces(store: ArtifactStore, video_id: str, extraction: FaceExtraction) -> bytes:
+    """Write the per-frame face table, the aligned crops (one .npy) and a contact strip; return the strip PNG."""
+    table = extraction.table.copy()
+    table.insert(0, "video_id", video_id)
+    store.write_table("faces", video_id, table)
+    store.write_array(crops_rel(video_id), extraction.crops)
+    strip = face_strip_png(extraction.crops) if len(extraction.crops) else b""
+    if strip:
+        store.write_bytes(face_strip_rel(video_id), strip)
+    return strip
+
+
+@dataclass
+class FaceCrops:
+    """Aligned crops of the kept frames: crops (K, 224, 224, 3) uint8 RGB, ids and timestamps (K,)."""
+
+    crops: np.ndarray
+    frame_ids: np.ndarray
+    timestamps: np.ndarray
+
+
+def load_face_crops(store: ArtifactStore, video_id: str) -> FaceCrops:
+    table = store.read_table("faces", video_id)
+    kept = table[table["kept"]].sort_values("frame_id")
+    crops = store.read_array(crops_rel(video_id))
+    if len(crops) != len(kept):
+        raise RuntimeError(
+            f"{video_id}: {len(crops)} crops but {len(kept)} kept rows; re-materialize aligned_faces"
+        )
+    return FaceCrops(crops, kept["frame_id"].to_numpy(np.int64), kept["timestamp"].to_numpy(np.float64))

@@ -1,0 +1,74 @@
+"""`aligned_faces`, `optical_flow`, `audio`: the per-video stages between frames and the model."""
+
+import dagster as dg
+
+from assets.common import fail_video_on_bad_input, image_md
+from assets.ingest import frames
+from assets.partitions import videos_partitions
+from dagster_deepfake import pipeline
+from dagster_deepfake.errors import NoFaceFoundError
+from dagster_deepfake.faces import create_detector, extract_faces
+from resources import ArtifactStoreResource, PostgresResource, SettingsResource
+
+# Below this share of sampled frames with exactly one face the check warns a reviewer.
+MIN_FACE_COVERAGE = 0.5
+
+
+@dg.asset(
+    partitions_def=videos_partitions,
+    deps=[frames],
+    group_name="per_video",
+    kinds={"onnx", "parquet"},
+    description="RetinaFace (conf ≥ 0.95) on every sampled frame; frames with exactly one face are "
+    "similarity-aligned to 224×224; the rest are skipped with a reason.",
+)
+def aligned_faces(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    artifacts: ArtifactStoreResource,
+    postgres: PostgresResource,
+) -> dg.MaterializeResult:
+    video_id = context.partition_key
+    cfg = settings.get().data.faces
+    store = artifacts.store()
+    extraction = extract_faces(pipeline.load_frames(store, video_id), create_detector(cfg), cfg)
+    strip = pipeline.persist_faces(store, video_id, extraction)
+    with fail_video_on_bad_input(postgres.db(), video_id, "aligned_faces"):
+        if extraction.num_kept == 0:
+            raise NoFaceFoundError(
+                video_id,
+                f"no face found: none of {extraction.num_frames} sampled frames held exactly one face "
+                f"(skipped: {extraction.skip_counts})",
+            )
+    return dg.MaterializeResult(
+        metadata={
+            "sampled_frames": extraction.num_frames,
+            "faces_kept": extraction.num_kept,
+            "face_coverage": dg.MetadataValue.float(round(extraction.coverage, 4)),
+            "skipped_no_face": extraction.skip_counts.get("no_face", 0),
+            "skipped_multiple_faces": extraction.skip_counts.get("multiple_faces", 0),
+            "detector": f"{cfg.detector} (confidence ≥ {cfg.confidence_threshold})",
+            "face_strip": dg.MetadataValue.md(image_md(strip, "aligned faces", "image/png")),
+        }
+    )
+
+
+@dg.asset_check(asset=aligned_faces, description="Share of sampled frames with exactly one face.")
+def face_coverage_check(
+    context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource
+) -> dg.AssetCheckResult:
+    video_id = context.partition_key if context.has_partition_key else None
+    table = artifacts.store().read_table("faces", video_id)
+    coverage = float(table["kept"].mean()) if len(table) else 0.0
+    return dg.AssetCheckResult(
+        passed=coverage >= MIN_FACE_COVERAGE,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "face_coverage": dg.MetadataValue.float(round(coverage, 4)),
+            "threshold": MIN_FACE_COVERAGE,
+            "skip_reasons": dg.MetadataValue.json(table["skip_reason"].value_counts().to_dict()),
+        },
+        description=None
+        if coverage >= MIN_FACE_COVERAGE
+        else f"only {coverage:.0%} of sampled frames have one face",
+    )
