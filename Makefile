@@ -3,6 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
+export XDG_RUNTIME_DIR ?= /tmp
 
 .PHONY: setup demo test dagit lint fmt bench stop clean
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import ingest
+from assets import ingest, perception
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
@@ -15,7 +15,8 @@ from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 from sensors.job_status import job_failure_recorder, job_success_recorder
 from sensors.uploads import build_upload_sensor
 
-PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames]
+PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames, perception.aligned_faces]
+ASSET_CHECKS = [perception.face_coverage_check]
 
 analyze_video_job = dg.define_asset_job(
     name="analyze_video",
@@ -30,6 +31,7 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = load_settings(config_path)
     return dg.Definitions(
         assets=PER_VIDEO_ASSETS,
+        asset_checks=ASSET_CHECKS,
         jobs=[analyze_video_job],
         sensors=[
             build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),

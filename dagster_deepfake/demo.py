@@ -25,7 +25,7 @@ from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url, redact
 
 SHARED_MEDIA = Path(os.environ.get("DAGSTER_DEEPFAKE_SHARED_MEDIA", REPO_ROOT.parent / "shared" / "media"))
-console = Console()
+console = Console(width=160)
 
 
 def _demo_clips(out: Path) -> list[Path]:

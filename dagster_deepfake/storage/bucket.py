@@ -98,6 +98,7 @@ class UploadBucket:
         """Upload `local_path` as `key` (written under a temporary name, then moved into place)."""
         target = self._path(key)
         tmp = target + ".uploading"
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         self.fs.put_file(local_path, tmp)
         self.fs.mv(tmp, target)
         info = self.fs.info(target)
