@@ -8,6 +8,8 @@ from assets.partitions import videos_partitions
 from dagster_deepfake import pipeline
 from dagster_deepfake.errors import NoFaceFoundError
 from dagster_deepfake.faces import create_detector, extract_faces
+from dagster_deepfake.flow import compute_flow_features
+from dagster_deepfake.plots import line_plot_png
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource
 
 # Below this share of sampled frames with exactly one face the check warns a reviewer.
@@ -71,4 +73,35 @@ def face_coverage_check(
         description=None
         if coverage >= MIN_FACE_COVERAGE
         else f"only {coverage:.0%} of sampled frames have one face",
+    )
+
+
+@dg.asset(
+    partitions_def=videos_partitions,
+    deps=[aligned_faces],
+    group_name="per_video",
+    kinds={"opencv", "parquet"},
+    description="Farneback flow between consecutive aligned faces: mean and spread of the motion "
+    "magnitude inside the face ellipse (px of the 224 crop per sampled-frame step).",
+)
+def optical_flow(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+    video_id = context.partition_key
+    store = artifacts.store()
+    faces = pipeline.load_face_crops(store, video_id)
+    flow = compute_flow_features(faces.crops, faces.frame_ids, return_fields=True)
+    table = pipeline.persist_flow(store, video_id, flow, faces.timestamps)
+    plot = line_plot_png(
+        table["timestamp"],
+        {"mean |flow|": table["flow_mean"], "spread": table["flow_std"]},
+        title="motion inside the face",
+        ylabel="px / frame",
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "pairs": int(flow.has_predecessor.sum()),
+            "gaps_over_1": int((flow.gaps > 1).sum()),
+            "flow_mean_avg": dg.MetadataValue.float(round(float(table["flow_mean"].mean()), 4)),
+            "flow_mean_max": dg.MetadataValue.float(round(float(table["flow_mean"].max()), 4)),
+            "flow_plot": dg.MetadataValue.md(image_md(plot, "flow over time", "image/png")),
+        }
     )

@@ -15,7 +15,7 @@ from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 from sensors.job_status import job_failure_recorder, job_success_recorder
 from sensors.uploads import build_upload_sensor
 
-PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames, perception.aligned_faces]
+PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames, perception.aligned_faces, perception.optical_flow]
 ASSET_CHECKS = [perception.face_coverage_check]
 
 analyze_video_job = dg.define_asset_job(

@@ -21,6 +21,7 @@ import pandas as pd
 from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import InvalidVideoError
 from dagster_deepfake.faces.extract import FaceExtraction, face_strip_png
+from dagster_deepfake.flow import FlowFeatures
 from dagster_deepfake.media.frames import SampledFrame
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -227,3 +228,27 @@ def load_face_crops(store: ArtifactStore, video_id: str) -> FaceCrops:
             f"{video_id}: {len(crops)} crops but {len(kept)} kept rows; re-materialize aligned_faces"
         )
     return FaceCrops(crops, kept["frame_id"].to_numpy(np.int64), kept["timestamp"].to_numpy(np.float64))
+
+
+# -- optical flow -----------------------------------------------------------------------------------
+
+
+def flow_fields_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "flow", "fields.npy")
+
+
+def persist_flow(
+    store: ArtifactStore, video_id: str, flow: FlowFeatures, timestamps: np.ndarray
+) -> pd.DataFrame:
+    table = flow.to_frame(timestamps)
+    table.insert(0, "video_id", video_id)
+    store.write_table("flow", video_id, table)
+    if flow.fields is not None:
+        store.write_array(flow_fields_rel(video_id), flow.fields)
+    return table
+
+
+def load_flow_features(store: ArtifactStore, video_id: str) -> np.ndarray:
+    """(K, 2) float32 flow features in kept-frame order."""
+    table = store.read_table("flow", video_id).sort_values("frame_id")
+    return table[["flow_mean", "flow_std"]].to_numpy(np.float32)
