@@ -1,0 +1,163 @@
+"""Checkpoints: `model.safetensors` + `manifest.json` in one folder, and a per-process store.
+
+The manifest says what the weights are (architecture, whether anything was pretrained or
+trained, calibration temperature, training data hash, metrics) so a prediction can always
+state honestly which model produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_model, save_model
+
+from .configuration import DetectorConfig
+from .detector import DeepfakeDetector
+from .registry import get_model_config
+from .weights import PretrainedFlags, build_detector
+
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+class CheckpointManifest(BaseModel):
+    model_version: str
+    registry_config: str
+    detector_config: DetectorConfig
+    config_hash: str
+    pretrained: PretrainedFlags = Field(default_factory=PretrainedFlags)
+    trained: bool = False
+    temperature: float = Field(1.0, gt=0)
+    training_data_hash: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def for_model(cls, model: DeepfakeDetector, **fields: Any) -> CheckpointManifest:
+        """A manifest describing `model`'s architecture; `fields` fill in the rest."""
+        config = model.config
+        fields.setdefault("model_version", f"{config.name}-{config.config_hash()}")
+        return cls(
+            registry_config=config.name,
+            detector_config=config,
+            config_hash=config.config_hash(),
+            **fields,
+        )
+
+    @property
+    def weights_label(self) -> str:
+        """'trained', 'pretrained-backbones' or 'untrained' – what the report shows."""
+        if self.trained:
+            return "trained"
+        return "pretrained-backbones" if self.pretrained.any else "untrained"
+
+
+def save_checkpoint(directory: str | Path, model: DeepfakeDetector, manifest: CheckpointManifest) -> Path:
+    """Write `model.safetensors` and `manifest.json` into `directory` (created if needed)."""
+    if manifest.config_hash != model.config.config_hash():
+        raise ValueError(
+            f"manifest config_hash {manifest.config_hash} does not describe this model "
+            f"({model.config.config_hash()})"
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Write-then-rename so a crashed save never leaves a half checkpoint behind.
+    tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
+    save_model(model, str(tmp_weights), metadata={"config_hash": manifest.config_hash})
+    tmp_weights.replace(directory / WEIGHTS_FILE)
+    tmp_manifest = directory / (MANIFEST_FILE + ".tmp")
+    tmp_manifest.write_text(manifest.model_dump_json(indent=2))
+    tmp_manifest.replace(directory / MANIFEST_FILE)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> CheckpointManifest:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint manifest at {path}")
+    return CheckpointManifest.model_validate(json.loads(path.read_text()))
+
+
+def load_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[DeepfakeDetector, CheckpointManifest]:
+    """Rebuild the model from the manifest's config and load its weights (eval mode)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest.detector_config.config_hash() != manifest.config_hash:
+        raise ValueError(f"{directory}: manifest config does not match its config_hash")
+    model = DeepfakeDetector(manifest.detector_config)
+    missing, unexpected = load_model(
+        model, str(directory / WEIGHTS_FILE), strict=True, device=str(map_location)
+    )
+    del missing, unexpected  # strict=True already raised on any mismatch
+    model.to(map_location)
+    model.eval()
+    return model, manifest
+
+
+def build_untrained(
+    config_name: str | DetectorConfig, *, seed: int = 0, pretrained: bool = False
+) -> tuple[DeepfakeDetector, CheckpointManifest]:
+    """A random-init model and its honest manifest (`trained: false`).
+
+    With `pretrained=True` published backbone weights are used where locally available; the
+    manifest's flags say which. Useful before any training has run (demo, pipeline tests).
+    """
+    config = get_model_config(config_name) if isinstance(config_name, str) else config_name
+    model, flags = build_detector(config, pretrained=pretrained, seed=seed)
+    model.eval()
+    manifest = CheckpointManifest.for_model(
+        model, model_version=f"{config.name}-untrained-{config.config_hash()}", pretrained=flags
+    )
+    return model, manifest
+
+
+class ModelStore:
+    """Loads each checkpoint once per process (thread-safe).
+
+    Keyed by resolved path, the manifest's modification time (a re-trained checkpoint written
+    to the same folder is picked up) and the device.
+
+    `get(None, config_name=...)` returns a cached untrained model of that config instead.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], tuple[DeepfakeDetector, CheckpointManifest]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        checkpoint_dir: str | Path | None,
+        *,
+        map_location: str = "cpu",
+        config_name: str = "contract",
+    ) -> tuple[DeepfakeDetector, CheckpointManifest]:
+        if checkpoint_dir:
+            manifest_path = Path(checkpoint_dir).resolve() / MANIFEST_FILE
+            stamp = manifest_path.stat().st_mtime_ns if manifest_path.exists() else 0
+            key = (f"{manifest_path.parent}@{stamp}", str(map_location))
+        else:
+            key = (f"untrained:{config_name}", str(map_location))
+        with self._lock:
+            if key not in self._cache:
+                if checkpoint_dir:
+                    self._cache[key] = load_checkpoint(checkpoint_dir, map_location)
+                else:
+                    model, manifest = build_untrained(config_name)
+                    self._cache[key] = (model.to(map_location), manifest)
+            return self._cache[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+#: The process-wide store (assets/resources share it).
+model_store = ModelStore()

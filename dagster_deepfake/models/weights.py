@@ -1,0 +1,211 @@
+"""Pretrained weights: real loading code that never hangs and falls back to random init loudly.
+
+Order for each branch: a local source (a folder / checkpoint file, or the Hugging Face cache),
+then — only when `allow_download` and the hub is not offline — a download with a short
+timeout, else random initialisation with a WARNING. The returned `PretrainedFlags` travel into
+the checkpoint manifest, every prediction row and the report (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from pydantic import BaseModel
+from torch import nn
+from transformers import Wav2Vec2Model
+
+from .audio import apply_freeze_policy
+from .configuration import AudioEncoderConfig, DetectorConfig, FrameEncoderConfig
+from .detector import DeepfakeDetector
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DOWNLOAD_TIMEOUT = 10.0
+
+
+class PretrainedFlags(BaseModel):
+    """Which branches started from published weights (False = random initialisation)."""
+
+    audio_encoder: bool = False
+    video_backbone: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.audio_encoder or self.video_backbone
+
+    @property
+    def all(self) -> bool:
+        return self.audio_encoder and self.video_backbone
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Cheap TCP probe of the hub endpoint, so an unreachable hub costs seconds, not minutes."""
+    from huggingface_hub import constants
+
+    parsed = urlparse(constants.ENDPOINT)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _may_download(allow_download: bool, timeout: float) -> bool:
+    return allow_download and not hub_offline() and hub_reachable(min(timeout, 3.0))
+
+
+def load_wav2vec2(
+    config: AudioEncoderConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+) -> Wav2Vec2Model | None:
+    """`Wav2Vec2Model.from_pretrained(config.encoder)` from a local folder or the HF cache, or
+    (when allowed and reachable) the hub; None when no weights can be had."""
+    source = config.encoder
+    try:
+        return Wav2Vec2Model.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        local_error: Exception = exc
+    if Path(source).exists() or not _may_download(allow_download, timeout):
+        logger.debug("wav2vec2 %r not available locally: %s", source, local_error)
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            source,
+            allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"],
+            etag_timeout=timeout,
+        )
+        return Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # network errors come in many types; any of them means "no weights"
+        logger.debug("wav2vec2 %r download failed: %s", source, exc)
+        return None
+
+
+def _cached_timm_weights(name: str, allow_download: bool, timeout: float) -> str | None:
+    """Path of the timm weights file for `name` (HF cache first, then a bounded download)."""
+    from huggingface_hub import hf_hub_download
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(pretrained_cfg, "hf_hub_id", None) if pretrained_cfg else None
+    if not repo:
+        return None
+    filenames = ["model.safetensors", "pytorch_model.bin"]
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo, filename, local_files_only=True)
+        except Exception:
+            continue
+    if not _may_download(allow_download, timeout):
+        return None
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo, filename, etag_timeout=timeout)
+        except Exception as exc:
+            logger.debug("timm weights %s/%s download failed: %s", repo, filename, exc)
+    return None
+
+
+def load_timm_backbone(
+    config: FrameEncoderConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+) -> nn.Module | None:
+    """`timm.create_model(backbone, pretrained=True, num_classes=0)` from `backbone_weights`
+    (a local checkpoint file), the HF cache, or a bounded download; None when unavailable."""
+    if config.backbone_weights:
+        path = Path(config.backbone_weights).expanduser()
+        if not path.is_file():
+            logger.warning("video.backbone_weights %s does not exist", path)
+            return None
+        weights_file: str | None = str(path)
+    else:
+        weights_file = _cached_timm_weights(config.backbone, allow_download, timeout)
+    if weights_file is None:
+        return None
+    try:
+        return timm.create_model(
+            config.backbone,
+            pretrained=True,
+            num_classes=0,
+            pretrained_cfg_overlay={"file": weights_file},
+        )
+    except Exception as exc:
+        logger.warning("could not load %s weights from %s: %s", config.backbone, weights_file, exc)
+        return None
+
+
+def load_pretrained_weights(
+    model: DeepfakeDetector,
+    config: DetectorConfig,
+    *,
+    allow_download: bool = False,
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+) -> PretrainedFlags:
+    """Copy published weights into a `DeepfakeDetector` where they can be had.
+
+    Never raises for missing weights: each branch that stays random is named in one WARNING.
+    Configurations with `allow_pretrained=False` (the tiny variant) never look at all.
+    """
+    flags = PretrainedFlags()
+    if not config.allow_pretrained:
+        return flags
+    wav2vec2 = load_wav2vec2(config.audio, allow_download=allow_download, timeout=timeout)
+    if wav2vec2 is not None:
+        model.audio_encoder.wav2vec2.load_state_dict(wav2vec2.state_dict())
+        apply_freeze_policy(model.audio_encoder.wav2vec2, config.audio)
+        flags.audio_encoder = True
+    backbone = load_timm_backbone(config.video, allow_download=allow_download, timeout=timeout)
+    if backbone is not None:
+        model.frame_encoder.backbone.load_state_dict(backbone.state_dict())
+        flags.video_backbone = True
+    missing = [
+        f"{what} ({source})"
+        for what, source, ok in [
+            ("audio encoder", config.audio.encoder, flags.audio_encoder),
+            ("video backbone", config.video.backbone_weights or config.video.backbone, flags.video_backbone),
+        ]
+        if not ok
+    ]
+    if missing:
+        logger.warning(
+            "PRETRAINED WEIGHTS UNAVAILABLE for %s: using RANDOM INITIALISATION. Predictions of "
+            "this model are not meaningful until it is trained (pretrained=false is recorded). "
+            "Provide a local folder/file (model.audio.encoder, model.video.backbone_weights) or "
+            "allow downloads from a reachable hub.",
+            ", ".join(missing),
+        )
+    return flags
+
+
+def build_detector(
+    config: DetectorConfig,
+    *,
+    pretrained: bool = True,
+    allow_download: bool = False,
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+    seed: int | None = None,
+) -> tuple[DeepfakeDetector, PretrainedFlags]:
+    """`DeepfakeDetector(config)` (seeded if `seed`), then pretrained weights where available."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = DeepfakeDetector(config)
+    flags = (
+        load_pretrained_weights(model, config, allow_download=allow_download, timeout=timeout)
+        if pretrained
+        else PretrainedFlags()
+    )
+    return model, flags
