@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import fail_video_on_bad_input, image_md
-from assets.ingest import frames
+from assets.ingest import frames, raw_video
 from assets.partitions import videos_partitions
 from dagster_deepfake import pipeline
 from dagster_deepfake.errors import NoFaceFoundError
@@ -105,3 +105,50 @@ def optical_flow(context: dg.AssetExecutionContext, artifacts: ArtifactStoreReso
             "flow_plot": dg.MetadataValue.md(image_md(plot, "flow over time", "image/png")),
         }
     )
+
+
+@dg.asset(
+    partitions_def=videos_partitions,
+    deps=[raw_video],
+    group_name="per_video",
+    kinds={"ffmpeg", "parquet"},
+    description="16 kHz mono 16-bit PCM via ffmpeg and WebRTC VAD speech segments. "
+    "No audio track or silence is normal (has_audio false / no speech), not an error.",
+)
+def audio(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    artifacts: ArtifactStoreResource,
+    postgres: PostgresResource,
+) -> dg.MaterializeResult:
+    from dagster_deepfake.media.audio import extract_audio
+    from dagster_deepfake.media.vad import SpeechActivity, detect_speech
+
+    video_id = context.partition_key
+    cfg = settings.get().data.audio
+    store = artifacts.store()
+    probe = postgres.db().get_video(video_id)["probe"] or {}
+    with (
+        fail_video_on_bad_input(postgres.db(), video_id, "audio"),
+        store.local_path(pipeline.find_source_rel(store, video_id)) as local,
+    ):
+        track = extract_audio(local, sample_rate=cfg.sample_rate) if probe.get("has_audio") else None
+    if track is None:
+        speech = SpeechActivity.empty(float(probe.get("duration") or 0.0))
+    else:
+        speech = detect_speech(track, aggressiveness=cfg.vad_aggressiveness, frame_ms=cfg.vad_frame_ms)
+    table = pipeline.persist_audio(store, video_id, track.pcm if track is not None else None, speech)
+    duration = float(track.duration) if track is not None else 0.0
+    metadata: dict = {
+        "has_audio": track is not None,
+        "audio_seconds": dg.MetadataValue.float(round(duration, 3)),
+        "speech_seconds": dg.MetadataValue.float(round(float(speech.speech_seconds), 3)),
+        "speech_segments": len(table),
+        "vad": f"WebRTC, aggressiveness {cfg.vad_aggressiveness}, {cfg.vad_frame_ms} ms frames",
+    }
+    if len(table):
+        metadata["segments"] = dg.MetadataValue.md(
+            "| start (s) | end (s) |\n|---|---|\n"
+            + "\n".join(f"| {r.start:.2f} | {r.end:.2f} |" for r in table.head(20).itertuples())
+        )
+    return dg.MaterializeResult(metadata=metadata)

@@ -29,6 +29,8 @@ _PLATFORM_ENV = {
     "postgres_data_dir": "DAGSTER_DEEPFAKE_POSTGRES_DATA_DIR",
     "s3_endpoint_url": "DAGSTER_DEEPFAKE_S3_ENDPOINT_URL",
     "device": "DAGSTER_DEEPFAKE_DEVICE",
+    "checkpoint": "DAGSTER_DEEPFAKE_CHECKPOINT",
+    "model_dir": "DAGSTER_DEEPFAKE_MODEL_DIR",
 }
 
 
@@ -162,6 +164,10 @@ class PlatformConfig(_Section):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Trained checkpoint folder (model.safetensors + manifest.json); null = the newest under
+    # model_dir/current, else an untrained model of `model.registry_config` (flagged everywhere).
+    checkpoint: str | None = None
+    model_dir: str = "./.models"
     max_duration_seconds: float = 900
     max_upload_bytes: int = 2 * 1024**3
 
@@ -218,6 +224,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     p.upload_uri = _resolve_local(p.upload_uri, base)
     p.artifact_root = _resolve_local(p.artifact_root, base)
     p.postgres_data_dir = _resolve_local(p.postgres_data_dir, base)
+    p.model_dir = _resolve_local(p.model_dir, base)
+    if p.checkpoint:
+        p.checkpoint = _resolve_local(p.checkpoint, base)
     return settings
 
 

@@ -13,6 +13,7 @@ import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -27,6 +28,10 @@ from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import open_uri
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
+
+if TYPE_CHECKING:
+    from dagster_deepfake.media.vad import SpeechActivity
+    from dagster_deepfake.scoring import ScoredVideo
 
 # Extensions kept for the ingested copy (ffmpeg sniffs content anyway; the name only helps people).
 _KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
@@ -252,3 +257,127 @@ def load_flow_features(store: ArtifactStore, video_id: str) -> np.ndarray:
     """(K, 2) float32 flow features in kept-frame order."""
     table = store.read_table("flow", video_id).sort_values("frame_id")
     return table[["flow_mean", "flow_std"]].to_numpy(np.float32)
+
+
+# -- audio ------------------------------------------------------------------------------------------
+
+
+def pcm_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "audio", "pcm16k.npy")
+
+
+def speech_mask_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "audio", "speech_mask_20ms.npy")
+
+
+def persist_audio(
+    store: ArtifactStore, video_id: str, pcm: np.ndarray | None, speech: SpeechActivity
+) -> pd.DataFrame:
+    """16 kHz int16 PCM (absent without an audio track), the 20 ms speech mask and the segment table."""
+    store.remove(ArtifactStore.video_rel(video_id, "audio"))
+    if pcm is not None:
+        store.write_array(pcm_rel(video_id), pcm.astype(np.int16, copy=False))
+    store.write_array(speech_mask_rel(video_id), np.asarray(speech.mask_20ms, dtype=bool))
+    table = speech.to_frame()
+    table.insert(0, "video_id", video_id)
+    store.write_table("speech_segments", video_id, table)
+    return table
+
+
+@dataclass
+class AudioInput:
+    """What the audio branch consumes: float32 waveform (S,) in [-1, 1] and a per-sample speech mask."""
+
+    waveform: np.ndarray | None
+    speech_mask: np.ndarray | None
+    segments: list[tuple[float, float]]
+
+    @property
+    def has_speech(self) -> bool:
+        return self.waveform is not None and bool(self.segments)
+
+
+def speech_sample_mask(mask_20ms: np.ndarray, n_samples: int, sample_rate: int = 16000) -> np.ndarray:
+    """Expand a 20 ms frame mask to one bool per sample."""
+    hop = sample_rate // 50
+    mask = np.repeat(np.asarray(mask_20ms, dtype=bool), hop)[:n_samples]
+    return np.pad(mask, (0, max(0, n_samples - len(mask))))
+
+
+def load_audio(store: ArtifactStore, video_id: str) -> AudioInput:
+    table = store.read_table("speech_segments", video_id)
+    segments = [(float(a), float(b)) for a, b in zip(table["start"], table["end"], strict=True)]
+    if not store.exists(pcm_rel(video_id)):
+        return AudioInput(None, None, segments)
+    pcm = store.read_array(pcm_rel(video_id))
+    mask = speech_sample_mask(store.read_array(speech_mask_rel(video_id)), len(pcm))
+    return AudioInput(pcm.astype(np.float32) / 32768.0, mask, segments)
+
+
+# -- audio embeddings / predictions -----------------------------------------------------------------
+
+
+def audio_embeddings_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "audio", "embeddings.npy")
+
+
+def audio_valid_rel(video_id: str) -> str:
+    return ArtifactStore.video_rel(video_id, "audio", "embeddings_valid.npy")
+
+
+def persist_audio_embeddings(
+    store: ArtifactStore, video_id: str, features: np.ndarray, valid: np.ndarray
+) -> None:
+    """(T, 512) float16 wav2vec2 features projected to 512 and their (T,) speech mask; T = 0 without audio."""
+    store.write_array(audio_embeddings_rel(video_id), features.astype(np.float16))
+    store.write_array(audio_valid_rel(video_id), valid.astype(bool))
+
+
+def load_audio_embeddings(store: ArtifactStore, video_id: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    features = store.read_array(audio_embeddings_rel(video_id)).astype(np.float32)
+    valid = store.read_array(audio_valid_rel(video_id))
+    if len(features) == 0 or not valid.any():
+        return None, None
+    return features, valid
+
+
+def window_table(video_id: str, scored: ScoredVideo) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "video_id": video_id,
+            "window_id": np.arange(len(scored.window_probs), dtype=np.int32),
+            "start": [s for s, _ in scored.window_spans],
+            "end": [e for _, e in scored.window_spans],
+            "n_frames": [b - a for a, b in scored.window_frames],
+            "p_fake": scored.window_probs.astype(np.float64),
+            "p_fake_video_only": scored.window_probs_video_only.astype(np.float64),
+        }
+    )
+
+
+def prediction_table(video_id: str, scored: ScoredVideo) -> pd.DataFrame:
+    row = scored.row()
+    return pd.DataFrame(
+        [
+            {
+                "video_id": video_id,
+                "model_version": row["model_version"],
+                "verdict": row["verdict"],
+                "p_fake": row["p_fake"],
+                "p_fake_uncalibrated": row["p_fake_uncalibrated"],
+                "p_fake_video_only": scored.p_fake_video_only,
+                "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"],
+                "interval_method": scored.interval_method,
+                "ensemble_size": row["ensemble_size"],
+                "temperature": row["temperature"],
+                "frames_analyzed": row["frames_analyzed"],
+                "modalities": row["modalities"],
+                "pretrained_audio": scored.pretrained["audio_encoder"],
+                "pretrained_video": scored.pretrained["video_backbone"],
+                "trained": scored.trained,
+                "trained_on": scored.training_data_hash,
+                "created_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
+            }
+        ]
+    )

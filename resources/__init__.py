@@ -109,4 +109,30 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
         ),
         "postgres": PostgresResource(url=p.postgres_url, data_dir=p.postgres_data_dir),
         "torch_device": TorchDeviceResource(device=p.device),
+        "model_store": ModelStoreResource(
+            checkpoint=p.checkpoint,
+            model_dir=p.model_dir,
+            registry_config=s.model.registry_config,
+            ensemble_size=s.inference.ensemble_size,
+        ),
     }
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """The checkpoints that serve predictions, loaded once per process.
+
+    `checkpoint` null: `<model_dir>/current` if training published one, else an untrained
+    `registry_config` model saved once with a fixed seed (flagged `trained: false`).
+    """
+
+    checkpoint: str | None = None
+    model_dir: str
+    registry_config: str
+    ensemble_size: int = 1
+
+    def load(self, device: str = "cpu"):
+        from dagster_deepfake.models.store import load_ensemble
+
+        return load_ensemble(
+            self.checkpoint, self.model_dir, self.registry_config, self.ensemble_size, device
+        )

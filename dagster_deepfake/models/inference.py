@@ -54,6 +54,8 @@ class VideoPrediction:
     p_fake_raw: float  # T = 1
     p_fake_video_only: float  # calibrated, audio replaced by the no-audio embedding
     window_probs: np.ndarray  # (W,) calibrated P(fake) per window
+    window_probs_video_only: np.ndarray  # (W,) calibrated P(fake) per window without audio
+    window_logits: np.ndarray  # (W, 2) uncalibrated window logits (for intervals)
     window_frames: list[tuple[int, int]]  # [start, end) face indices of each window
     window_spans: list[tuple[float, float]] | None  # (start_s, end_s) when timestamps are given
     audio_used: bool
@@ -109,6 +111,8 @@ def predict_video(
     batch_size: int = 30,
     bf16: bool | None = None,
     keep_output: bool = False,
+    audio_features: np.ndarray | None = None,
+    audio_valid: np.ndarray | None = None,
 ) -> VideoPrediction:
     """Classify one video from its aligned faces, flow summary and (optional) speech.
 
@@ -121,6 +125,8 @@ def predict_video(
         temperature: calibration temperature T (> 0).
         bf16: reduced precision for the backbone and wav2vec2 (None = `default_bf16(device)`).
         keep_output: attach the raw `DetectorOutput` (features for explanations).
+        audio_features, audio_valid: precomputed `encode_audio` output (T, 512) and (T,) for this
+            video (the `audio_embeddings` asset); when given, the waveform is not re-encoded.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -146,7 +152,10 @@ def predict_video(
 
         audio_started = time.perf_counter()
         audio = audio_valid = None
-        if waveform is not None and len(waveform) > 0:
+        if audio_features is not None and audio_valid is not None and len(audio_features) > 0:
+            audio = _as_batch(audio_features, torch.float32, device)
+            audio_valid = _as_batch(audio_valid, torch.bool, device)
+        elif waveform is not None and len(waveform) > 0:
             wave = _as_batch(waveform, torch.float32, device)
             mask = _as_batch(speech_mask, torch.bool, device) if speech_mask is not None else None
             with autocast_context(device, use_reduced):
@@ -157,7 +166,9 @@ def predict_video(
         flow_t = _as_batch(flow, torch.float32, device)
         frame_mask = torch.ones(1, count, dtype=torch.bool, device=device)
         output = model.forward_features(frame_features, flow_t, frame_mask, audio, audio_valid)
-        video_only = model.video_only_logits(output)
+        window_only, video_only, _, _ = model.classify(
+            output.video_features, output.window_mask, None, None, force_no_audio=True
+        )
     timings["total_s"] = time.perf_counter() - started
 
     logits = output.video_logits[0].float().cpu()
@@ -169,6 +180,8 @@ def predict_video(
         p_fake_raw=float(logits.softmax(-1)[1]),
         p_fake_video_only=float((video_only[0].float().cpu() / temperature).softmax(-1)[1]),
         window_probs=(window_logits / temperature).softmax(-1)[:, 1].numpy(),
+        window_probs_video_only=(window_only[0].float().cpu() / temperature).softmax(-1)[:, 1].numpy(),
+        window_logits=window_logits.numpy(),
         window_frames=[(w * window_frames, min(count, (w + 1) * window_frames)) for w in range(window_count)],
         window_spans=window_spans(timestamps, window_frames, frame_rate) if timestamps is not None else None,
         audio_used=bool(output.audio_used[0]),
