@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import ingest, perception
+from assets import explain, ingest, model, perception
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
@@ -15,7 +15,17 @@ from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 from sensors.job_status import job_failure_recorder, job_success_recorder
 from sensors.uploads import build_upload_sensor
 
-PER_VIDEO_ASSETS = [ingest.raw_video, ingest.frames, perception.aligned_faces, perception.optical_flow]
+PER_VIDEO_ASSETS = [
+    ingest.raw_video,
+    ingest.frames,
+    perception.aligned_faces,
+    perception.optical_flow,
+    perception.audio,
+    model.audio_embeddings,
+    model.predictions,
+    explain.saliency,
+    explain.report,
+]
 ASSET_CHECKS = [perception.face_coverage_check]
 
 analyze_video_job = dg.define_asset_job(

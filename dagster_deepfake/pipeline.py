@@ -381,3 +381,25 @@ def prediction_table(video_id: str, scored: ScoredVideo) -> pd.DataFrame:
             }
         ]
     )
+
+
+# -- saliency / report ------------------------------------------------------------------------------
+
+
+def saliency_rel(video_id: str, name: str) -> str:
+    return ArtifactStore.video_rel(video_id, "saliency", name)
+
+
+def saliency_names(frame_id: int) -> tuple[str, str]:
+    """Stable names: the same frame of the same video always has the same file names."""
+    return f"frame_{frame_id:06d}_face.png", f"frame_{frame_id:06d}_frame.png"
+
+
+def saliency_url(store: ArtifactStore, video_id: str, name: str) -> str:
+    """A URL for a heat map: presigned on object stores, the API's route locally."""
+    url_for = getattr(store, "url_for", None)
+    if not store.is_local and url_for is not None:
+        presigned = url_for(saliency_rel(video_id, name))
+        if presigned:
+            return presigned
+    return f"/jobs/{video_id}/saliency/{name}"
