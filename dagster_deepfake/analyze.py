@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dagster_deepfake.config import Settings
 from dagster_deepfake.media.frames import sample_frames
 from dagster_deepfake.media.probe import probe_video, validate_probe
@@ -58,8 +60,21 @@ class AnalysisResult:
         }
 
 
-def analyze_file(path: str | Path, settings: Settings, *, model_config: str | None = None) -> AnalysisResult:
-    """Run the per-video pipeline on a local file; raises DeepfakeError subclasses on bad input."""
+def analyze_file(
+    path: str | Path, settings: Settings, *, model_config: str | None = None, device: str | None = None
+) -> AnalysisResult:
+    """Run every per-video stage on a local file in memory; raises DeepfakeError subclasses on bad input."""
+    from dagster_deepfake.errors import NoFaceFoundError
+    from dagster_deepfake.explain.agreement import modality_agreement
+    from dagster_deepfake.explain.anomalies import find_audio_anomalies
+    from dagster_deepfake.faces import create_detector, extract_faces
+    from dagster_deepfake.flow import compute_flow_features
+    from dagster_deepfake.media.audio import extract_audio
+    from dagster_deepfake.media.vad import SpeechActivity, detect_speech
+    from dagster_deepfake.models.store import load_ensemble
+    from dagster_deepfake.pipeline import speech_sample_mask
+    from dagster_deepfake.scoring import score_video
+
     timer = StageTimer()
     path = Path(path)
     with timer.stage("probe"):
@@ -71,16 +86,121 @@ def analyze_file(path: str | Path, settings: Settings, *, model_config: str | No
             max_duration_seconds=settings.platform.max_duration_seconds,
         )
         video_id = partition_key_for_sha256(sha256_file(str(path)))
-    with timer.stage("frames"):
-        sampler = sample_frames(path, probe, settings.data.frame_rate)
-        frames = list(sampler)
+    # Frames are decoded once and streamed into the detector batch by batch.
+    sampler = sample_frames(path, probe, settings.data.frame_rate)
+    first: dict[str, Any] = {}
+
+    def counted():
+        with timer.stage("frames+faces"):
+            for frame in sampler:
+                first.setdefault("size", f"{frame.image.shape[1]}x{frame.image.shape[0]}")
+                yield frame
+
+    detector = create_detector(settings.data.faces)
+    extraction = extract_faces(counted(), detector, settings.data.faces)
     warnings += sampler.warnings
+    if extraction.num_kept == 0:
+        raise NoFaceFoundError(path, f"no face found in any of {extraction.num_frames} sampled frames")
+    with timer.stage("flow"):
+        flow = compute_flow_features(extraction.crops, extraction.kept_frame_ids)
+    with timer.stage("audio+vad"):
+        cfg = settings.data.audio
+        track = extract_audio(path, sample_rate=cfg.sample_rate) if probe.has_audio else None
+        speech = (
+            detect_speech(track, aggressiveness=cfg.vad_aggressiveness, frame_ms=cfg.vad_frame_ms)
+            if track is not None
+            else SpeechActivity.empty(probe.duration)
+        )
+        waveform = track.as_float() if track is not None and speech.segments else None
+        mask = speech_sample_mask(speech.mask_20ms, len(waveform)) if waveform is not None else None
+    with timer.stage("model load"):
+        p = settings.platform
+        members, model_warnings = load_ensemble(
+            p.checkpoint,
+            p.model_dir,
+            model_config or settings.model.registry_config,
+            settings.inference.ensemble_size,
+            device or ("cuda" if _cuda() else "cpu"),
+        )
+        warnings += model_warnings
+    timestamps = extraction.kept_timestamps
+    with timer.stage("model"):
+        scored = score_video(
+            members,
+            extraction.crops,
+            flow.features,
+            timestamps,
+            frame_rate=settings.data.frame_rate,
+            threshold=settings.model.head.threshold,
+            device=device or ("cuda" if _cuda() else "cpu"),
+            waveform=waveform,
+            speech_mask=mask,
+        )
+    starts = np.array([a for a, _ in scored.window_spans])
+    ends = np.array([b for _, b in scored.window_spans])
+    window_flow = np.array([flow.features[a:b, 0].mean() for a, b in scored.window_frames])
+    anomalies = find_audio_anomalies(
+        window_starts=starts,
+        window_ends=ends,
+        p_audio_visual=scored.window_probs,
+        p_video_only=scored.window_probs_video_only,
+        window_flow=window_flow,
+        speech_segments=speech.segments,
+    )
+    agreement = modality_agreement(
+        scored.window_probs, scored.window_probs_video_only, has_speech=scored.audio_used
+    )
     frames_info = {
         "frame_rate": settings.data.frame_rate,
-        "count": len(frames),
-        "first_timestamp": frames[0].timestamp,
-        "last_timestamp": frames[-1].timestamp,
-        "size": f"{frames[0].image.shape[1]}x{frames[0].image.shape[0]}",
+        "count": extraction.num_frames,
+        "first_timestamp": float(extraction.table["timestamp"].min()),
+        "last_timestamp": float(extraction.table["timestamp"].max()),
+        "size": first.get("size"),
+    }
+    stages = {
+        "faces": {
+            "summary": f"{extraction.num_kept}/{extraction.num_frames} frames with one face "
+            f"({extraction.coverage:.0%}); skipped {extraction.skip_counts}",
+            "kept": extraction.num_kept,
+            "coverage": round(extraction.coverage, 4),
+            "skipped": extraction.skip_counts,
+        },
+        "flow": {
+            "summary": f"mean |flow| {float(flow.features[:, 0].mean()):.3f} px/frame over {len(flow.features)} faces",
+            "flow_mean_avg": round(float(flow.features[:, 0].mean()), 4),
+        },
+        "audio": {
+            "summary": (
+                f"{speech.speech_seconds:.2f} s of speech in {len(speech.segments)} segments"
+                if track is not None
+                else "no audio track"
+            ),
+            "has_audio": track is not None,
+            "speech_seconds": round(float(speech.speech_seconds), 3),
+            "segments": [[round(a, 3), round(b, 3)] for a, b in speech.segments],
+        },
+        "prediction": {
+            "summary": f"{scored.verdict.upper()}  P(fake) {scored.p_fake:.3f} "
+            f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}] ({scored.interval_method}); "
+            f"model {scored.model_version}, weights {scored.weights}, pretrained {scored.pretrained}",
+            "verdict": scored.verdict,
+            "p_fake": round(scored.p_fake, 6),
+            "confidence_interval": [scored.ci_low, scored.ci_high],
+            "interval_method": scored.interval_method,
+            "p_fake_video_only": round(scored.p_fake_video_only, 6),
+            "modality_agreement": agreement,
+            "modalities_used": scored.modalities,
+            "windows": [
+                {"start": a, "end": b, "p_fake": round(float(w), 6)}
+                for (a, b), w in zip(scored.window_spans, scored.window_probs, strict=True)
+            ],
+            "audio_anomalies": [a.to_dict() for a in anomalies],
+            "model_version": scored.model_version,
+            "weights": scored.weights,
+            "pretrained": scored.pretrained,
+            "ensemble_size": scored.ensemble_size,
+            "precision": scored.precision,
+        },
     }
     return AnalysisResult(
         video_id=video_id,
@@ -88,8 +208,15 @@ def analyze_file(path: str | Path, settings: Settings, *, model_config: str | No
         probe=probe.to_dict(),
         warnings=warnings,
         frames=frames_info,
+        stages=stages,
         timings=timer.seconds,
     )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def render_text(result: AnalysisResult, *, timings: bool = False) -> str:

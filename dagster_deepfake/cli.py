@@ -107,6 +107,17 @@ def _cmd_register_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_describe(args: argparse.Namespace) -> int:
+    from dagster_deepfake.models.describe import describe_model, format_description
+    from dagster_deepfake.models.registry import list_model_configs
+
+    names = list_model_configs() if args.all else [args.model_config]
+    for name in names:
+        print(format_description(describe_model(name)))
+        print()
+    return 0
+
+
 def _cmd_db_url(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
     from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url, redact
@@ -168,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
     p.add_argument("--no-shared", action="store_true", help="skip the sample clips in ../shared/media")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("model", help="inspect the detector (`model describe`)")
+    model_sub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    d = model_sub.add_parser(
+        "describe", help="each block's output shape, trainable/frozen parameters, weights"
+    )
+    d.add_argument(
+        "--config", dest="model_config", default="contract", help="registry config (contract, tiny)"
+    )
+    d.add_argument("--all", action="store_true", help="describe every registered config")
+    d.set_defaults(func=_cmd_model_describe)
 
     p = sub.add_parser(
         "register-dataset",

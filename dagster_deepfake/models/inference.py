@@ -92,7 +92,7 @@ def _as_batch(
 ) -> torch.Tensor | None:
     if array is None:
         return None
-    return torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array).to(
+    return torch.as_tensor(np.array(array) if not isinstance(array, torch.Tensor) else array).to(
         device=device, dtype=dtype
     )[None]
 
@@ -151,11 +151,10 @@ def predict_video(
         timings["faces_s"] = time.perf_counter() - started
 
         audio_started = time.perf_counter()
-        audio = audio_valid = None
-        if audio_features is not None and audio_valid is not None and len(audio_features) > 0:
-            audio = _as_batch(audio_features, torch.float32, device)
-            audio_valid = _as_batch(audio_valid, torch.bool, device)
-        elif waveform is not None and len(waveform) > 0:
+        precomputed = audio_features is not None and audio_valid is not None and len(audio_features) > 0
+        audio = _as_batch(audio_features, torch.float32, device) if precomputed else None
+        audio_valid = _as_batch(audio_valid, torch.bool, device) if precomputed else None
+        if not precomputed and waveform is not None and len(waveform) > 0:
             wave = _as_batch(waveform, torch.float32, device)
             mask = _as_batch(speech_mask, torch.bool, device) if speech_mask is not None else None
             with autocast_context(device, use_reduced):
