@@ -6,6 +6,7 @@ artifact store: the video is decoded once and arrays pass from stage to stage.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ class AnalysisResult:
     frames: dict[str, Any]
     stages: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+    document: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +205,70 @@ def analyze_file(
             "precision": scored.precision,
         },
     }
+    from dagster_deepfake.explain.gradcam import top_frames
+    from dagster_deepfake.report import (
+        Additions,
+        AnomalousFrame,
+        AudioAnomaly,
+        Metadata,
+        Prediction,
+        ResultDocument,
+        SkippedFrames,
+        WindowScore,
+    )
+
+    top = top_frames(scored.window_probs, scored.window_frames, settings.explain.top_k_frames)
+    document = ResultDocument(
+        job_id=video_id,
+        status="completed",
+        prediction=Prediction(
+            overall_class=scored.verdict,
+            overall_confidence=scored.p_fake if scored.verdict == "fake" else 1 - scored.p_fake,
+            manipulation_confidence=scored.p_fake,
+            modality_agreement=agreement,
+            confidence_interval=(scored.ci_low, scored.ci_high),
+            anomalous_frames=[
+                AnomalousFrame(
+                    frame_id=int(extraction.kept_frame_ids[i]),
+                    timestamp=float(timestamps[i]),
+                    confidence=float(scored.window_probs[w]),
+                    saliency_url=None,  # heat maps are made by the `saliency` asset (Dagster path)
+                )
+                for w, i in top
+            ],
+        ),
+        metadata=Metadata(
+            processing_time_sec=round(timer.total, 3),
+            video_duration_sec=probe.duration,
+            frames_analyzed=scored.frames_analyzed,
+            model_version=scored.model_version,
+            ensemble_size=scored.ensemble_size,
+        ),
+        additions=Additions(
+            video_id=video_id,
+            file_name=path.name,
+            modalities_used=scored.modalities,
+            pretrained=scored.pretrained,
+            weights=scored.weights,
+            trained_on=scored.training_data_hash,
+            temperature=scored.temperature,
+            interval_method=scored.interval_method,
+            p_fake_uncalibrated=scored.p_fake_uncalibrated,
+            p_fake_video_only=scored.p_fake_video_only,
+            face_coverage=extraction.coverage,
+            skipped_frames=SkippedFrames(
+                total=extraction.num_frames - extraction.num_kept, by_reason=dict(extraction.skip_counts)
+            ),
+            speech_seconds=speech.speech_seconds,
+            audio_anomalies=[AudioAnomaly(**a.to_dict()) for a in anomalies],
+            windows=[
+                WindowScore(window_id=k, start=a, end=b, p_fake=float(p))
+                for k, ((a, b), p) in enumerate(zip(scored.window_spans, scored.window_probs, strict=True))
+            ],
+            timings_sec=dict(timer.seconds),
+            warnings=warnings,
+        ),
+    )
     return AnalysisResult(
         video_id=video_id,
         path=str(path),
@@ -210,6 +277,7 @@ def analyze_file(
         frames=frames_info,
         stages=stages,
         timings=timer.seconds,
+        document=json.loads(document.to_json()),
     )
 
 

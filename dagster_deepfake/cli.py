@@ -23,7 +23,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     result = analyze_file(args.video, settings, model_config=args.model)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
+        # The contract's result document, the same one the `report` asset stores.
+        document = result.document if not args.details else result.to_dict()
+        print(json.dumps(document, indent=2, default=str))
     else:
         print(render_text(result, timings=args.timings))
     return 0
@@ -152,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="path to a video file")
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
     p.add_argument("--timings", action="store_true", help="print wall time per stage")
+    p.add_argument(
+        "--details", action="store_true", help="with --json: every stage's facts, not the contract document"
+    )
     p.add_argument("--model", default=None, help="model registry config (default: model.registry_config)")
     p.set_defaults(func=_cmd_analyze)
 
