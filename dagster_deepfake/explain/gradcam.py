@@ -99,7 +99,7 @@ def compute_saliency(
         start, end = window_frames[w]
         faces = model.preprocess_faces(crops[start:end]).to(device).requires_grad_(True)
         scorer = _WindowScorer(
-            model, torch.as_tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
+            model, torch.tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
         )
         with GradCAM(model=scorer, target_layers=[layer]) as cam:
             # Every frame of the window feeds one window logit: the same target for each frame.
