@@ -21,6 +21,9 @@ dagit: setup
 	$(BIN)/dagster-deepfake db-url >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+bench: setup
+	$(BIN)/dagster-deepfake bench --out bench-out
+
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

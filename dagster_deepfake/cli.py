@@ -120,6 +120,14 @@ def _cmd_model_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dagster_deepfake.bench import main as bench_main
+
+    return bench_main(
+        ["--out", args.out, "--durations", args.durations, "--resolutions", args.resolutions, "--model", args.model]
+    )
+
+
 def _cmd_db_url(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
     from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url, redact
@@ -205,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset name (default: KIND-<manifest hash>)")
     p.add_argument("--batch-size", type=int, default=1000, help="partitions per add request")
     p.set_defaults(func=_cmd_register_dataset)
+
+    p = sub.add_parser("bench", help="per-stage timings, peak memory and the decode floor on synthetic clips")
+    p.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
+    p.add_argument("--durations", default="10,30,60", help="clip lengths in seconds")
+    p.add_argument("--resolutions", default="240p,720p,1080p")
+    p.add_argument("--model", default="contract", help="registry config to benchmark")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("db-url", help="start the embedded PostgreSQL if needed and print the results DB URL")
     p.add_argument("--show-password", action="store_true")
