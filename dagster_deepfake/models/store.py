@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from filelock import FileLock
+
 from dagster_deepfake.models.checkpoint import (
     MANIFEST_FILE,
     CheckpointManifest,
@@ -34,13 +36,17 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, registry_config: 
         return current
     fallback = Path(model_dir) / f"untrained-{registry_config}"
     if not (fallback / MANIFEST_FILE).is_file():
-        log.warning(
-            "no trained checkpoint: serving an UNTRAINED %s model (random init, pretrained: false) from %s",
-            registry_config,
-            fallback,
-        )
-        model, manifest = build_untrained(registry_config, seed=0)
-        save_checkpoint(fallback, model, manifest)
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        # Two runs starting together must not both write the same files.
+        with FileLock(str(fallback.parent / f".untrained-{registry_config}.lock")):
+            if not (fallback / MANIFEST_FILE).is_file():
+                log.warning(
+                    "no trained checkpoint: serving an UNTRAINED %s model (random init, pretrained: false) from %s",
+                    registry_config,
+                    fallback,
+                )
+                model, manifest = build_untrained(registry_config, seed=0)
+                save_checkpoint(fallback, model, manifest)
     return fallback
 
 
