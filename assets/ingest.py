@@ -87,6 +87,11 @@ def frames(
         summary = pipeline.persist_frames(store, video_id, sampler)
     for warning in sampler.warnings:
         context.log.warning(f"{video_id}: {warning}")
+    if sampler.warnings:  # kept with the probe so the report carries them
+        video = db.get_video(video_id)
+        probe_doc = dict(video["probe"] or {})
+        probe_doc["warnings"] = list(dict.fromkeys([*probe_doc.get("warnings", []), *sampler.warnings]))
+        db.upsert_video(**{**video, "probe": probe_doc})
     table = summary.table
     return dg.MaterializeResult(
         metadata={

@@ -34,6 +34,9 @@ analyze_video_job = dg.define_asset_job(
     partitions_def=videos_partitions,
     description="Every per-video stage for one uploaded video (one partition).",
     tags={"dagster/max_retries": "1"},
+    # One process per run: models load once and arrays stay warm in the OS cache; the
+    # multiprocess default re-imports torch and reloads the model in every step.
+    executor_def=dg.in_process_executor,
 )
 
 

@@ -70,7 +70,13 @@ class FrameSampler:
         last = stderr.splitlines()[-1] if stderr else ""
         if self.frames_read == 0:
             raise InvalidVideoError(self.path, f"no frame could be decoded ({last or f'ffmpeg exit {code}'})")
-        if code != 0 or "corrupt" in stderr.lower() or "invalid" in stderr.lower():
+        expected = expected_frame_count(self.probe, self.frame_rate)
+        if self.frames_read < 0.9 * expected - 1:
+            self.warnings.append(
+                f"file truncated or corrupt: decoded {self.frames_read} of {expected} expected sampled frames"
+                + (f" ({last})" if last else "")
+            )
+        elif code != 0 or "corrupt" in stderr.lower() or "invalid" in stderr.lower():
             self.warnings.append(
                 f"decoding stopped early or hit corrupt data after {self.frames_read} sampled frames: {last}"
             )
