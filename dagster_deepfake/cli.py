@@ -124,8 +124,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from dagster_deepfake.bench import main as bench_main
 
     return bench_main(
-        ["--out", args.out, "--durations", args.durations, "--resolutions", args.resolutions, "--model", args.model]
+        [
+            "--out",
+            args.out,
+            "--durations",
+            args.durations,
+            "--resolutions",
+            args.resolutions,
+            "--model",
+            args.model,
+        ]
     )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from dagster_deepfake.api import TOKEN_ENV, InsecureBindError, serve
+    from dagster_deepfake.config import load_settings
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:
+        serve(load_settings(args.config), host=args.host, port=args.port, token=token)
+    except InsecureBindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_db_url(args: argparse.Namespace) -> int:
@@ -220,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", default="240p,720p,1080p")
     p.add_argument("--model", default="contract", help="registry config to benchmark")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "serve", help="run the REST API (POST /analyze-video, GET /jobs, /jobs/{id}/view, /docs)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token (default: $DAGSTER_DEEPFAKE_API_TOKEN); required for a non-loopback --host",
+    )
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("db-url", help="start the embedded PostgreSQL if needed and print the results DB URL")
     p.add_argument("--show-password", action="store_true")
