@@ -21,6 +21,8 @@ WAV2VEC2_FRAME_S = 0.02
 
 @dataclass
 class SpeechActivity:
+    """Speech segments ``[(start_s, end_s), ...]`` (sorted, disjoint) within `duration` seconds."""
+
     duration: float
     segments: list[tuple[float, float]] = field(default_factory=list)
 
@@ -43,6 +45,7 @@ class SpeechActivity:
         return mask
 
     def sample_mask(self, n_samples: int, sample_rate: int = 16000) -> np.ndarray:
+        """bool (n_samples,): True where a PCM sample lies in speech."""
         t = np.arange(n_samples) / sample_rate
         mask = np.zeros(n_samples, dtype=bool)
         for start, end in self.segments:
@@ -50,6 +53,7 @@ class SpeechActivity:
         return mask
 
     def to_frame(self) -> pd.DataFrame:
+        """One row per segment: segment_id, start, end, duration (seconds)."""
         return pd.DataFrame(
             {
                 "segment_id": np.arange(len(self.segments), dtype=np.int32),
@@ -68,9 +72,16 @@ def detect_speech(
     merge_gap: float = 0.3,
     min_segment: float = 0.09,
 ) -> SpeechActivity:
-    """Speech segments of a 16-bit mono track (8/16/32/48 kHz, as WebRTC VAD requires)."""
+    """Speech segments of a 16-bit mono track (8/16/32/48 kHz, as WebRTC VAD requires).
+
+    A trailing partial frame (< `frame_ms`) is not classified. Silence gives no segments.
+    """
     if track.sample_rate not in (8000, 16000, 32000, 48000):
         raise ValueError(f"WebRTC VAD needs 8/16/32/48 kHz audio, got {track.sample_rate} Hz")
+    if frame_ms not in (10, 20, 30):
+        raise ValueError(f"WebRTC VAD frames are 10, 20 or 30 ms, got {frame_ms}")
+    if aggressiveness not in (0, 1, 2, 3):
+        raise ValueError(f"WebRTC VAD aggressiveness is 0..3, got {aggressiveness}")
     vad = webrtcvad.Vad(aggressiveness)
     hop = track.sample_rate * frame_ms // 1000
     pcm = track.pcm.astype("<i2")
