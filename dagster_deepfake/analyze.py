@@ -108,7 +108,7 @@ def analyze_file(
         flow = compute_flow_features(extraction.crops, extraction.kept_frame_ids)
     with timer.stage("audio+vad"):
         cfg = settings.data.audio
-        track = extract_audio(path, sample_rate=cfg.sample_rate) if probe.has_audio else None
+        track = extract_audio(path, sample_rate=cfg.sample_rate, has_audio=True) if probe.has_audio else None
         speech = (
             detect_speech(track, aggressiveness=cfg.vad_aggressiveness, frame_ms=cfg.vad_frame_ms)
             if track is not None
