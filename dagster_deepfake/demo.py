@@ -155,15 +155,25 @@ def _print_summary(db: ResultsDB, expected: dict[str, str], artifact_root: str) 
             str(probe.get("has_audio", "-")),
             pred.get("verdict", "-"),
             f"{pred['p_fake']:.3f}" if pred.get("p_fake") is not None else "-",
+            ("trained" if pred.get("trained") else "untrained") if pred else "-",
             (job.get("reason") or "")[:60],
         )
     console.print(table)
+    preds = [db.get_prediction(v) for v in expected]
+    if any(p is not None and not p["trained"] for p in preds):
+        console.print(
+            "[bold red]⚠ these verdicts come from an UNTRAINED model (random initialisation, pretrained: false); "
+            "they exercise the pipeline and carry no forensic meaning.[/]"
+        )
     console.print(f"Parquet tables:   {artifact_root}/tables/<table>/v<version>/<video_id>.parquet")
     console.print(f"Artifacts:        {artifact_root}/videos/<video_id>/")
     console.print(
         "PostgreSQL:       tables videos, jobs, predictions (`dagster-deepfake db-url` prints the URL)"
     )
     console.print("Dagster UI:       `make dagit`, then http://127.0.0.1:3000 (partitions, runs, metadata)")
+    console.print(
+        "Job pages:        `dagster-deepfake serve`, then http://127.0.0.1:8000/jobs/<video_id>/view"
+    )
 
 
 def stop_embedded_postgres(config_path: str | None = None) -> None:
