@@ -1,0 +1,100 @@
+"""Upload → sensor → run → completed, through a real HTTP server on loopback, a real PostgreSQL,
+the upload sensor and every per-video asset; then the page renders in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import dagster as dg
+import httpx
+import pytest
+
+from dagster_deepfake.api import build_server
+from dagster_deepfake.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
+from dagster_deepfake.report import ResultDocument
+from dagster_deepfake.synthetic import generate_clip
+from resources import default_resources
+from sensors.uploads import build_upload_sensor
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def server(settings, db, tmp_path):
+    settings.model.registry_config = "tiny"
+    settings.platform.model_dir = str(tmp_path / "models")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = build_server(settings, "127.0.0.1", port, token=None, log_level="warning")
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_to_completed_job_and_page(server, settings, tmp_path):
+    clip = generate_clip(tmp_path / "talk.mp4", seed=44, duration=3.0, width=320, height=240, audio="speech")
+    with open(clip.path, "rb") as fh:
+        response = httpx.post(
+            f"{server}/analyze-video", files={"file": ("talk.mp4", fh, "video/mp4")}, timeout=60
+        )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert httpx.get(f"{server}/jobs/{job_id}", timeout=10).json()["status"] == "queued"
+
+    # What the daemon does: a sensor tick, then the requested run.
+    resources = default_resources(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        tick = build_upload_sensor(analyze_video_job, 15)(ctx)
+    assert [r.partition_key for r in tick.run_requests] == [job_id]
+    instance.add_dynamic_partitions("videos", [job_id])
+    result = dg.materialize(
+        [*PER_VIDEO_ASSETS, *ASSET_CHECKS], partition_key=job_id, resources=resources, instance=instance
+    )
+    assert result.success
+
+    job = httpx.get(f"{server}/jobs/{job_id}", timeout=10).json()
+    assert job["status"] == "completed"
+    doc = ResultDocument.model_validate(job["result"])
+    frames = doc.prediction.anomalous_frames
+    assert len(frames) == 5
+    png = httpx.get(f"{server}{frames[0].saliency_url}", timeout=10)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (make setup installs it)")
+    profile = tmp_path / "chromium-profile"
+    common = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,1800",
+    ]
+    url = f"{server}/jobs/{job_id}/view"
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    verdict = doc.prediction.overall_class
+    assert verdict.upper() in dom.upper() and f"{doc.prediction.manipulation_confidence:.1%}"[:3] in dom
+    assert dom.count("<img") >= 5 and "untrained" in dom.lower()
+    shot = tmp_path / "view.png"
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    (tmp_path.parent / "last-view.png").write_bytes(shot.read_bytes())  # for a person to look at
