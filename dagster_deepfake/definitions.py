@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import explain, ingest, model, perception
+from assets import explain, ingest, model, perception, training
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
@@ -27,6 +27,19 @@ PER_VIDEO_ASSETS = [
     explain.report,
 ]
 ASSET_CHECKS = [perception.face_coverage_check]
+TRAINING_ASSETS = [
+    training.dataset_manifest,
+    training.trained_model,
+    training.calibration,
+    training.evaluation,
+]
+
+train_job = dg.define_asset_job(
+    name="train_calibrate_evaluate",
+    selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+    description="dataset_manifest → trained_model → calibration → evaluation on the cached per-video features.",
+    executor_def=dg.in_process_executor,
+)
 
 analyze_video_job = dg.define_asset_job(
     name="analyze_video",
@@ -43,9 +56,9 @@ analyze_video_job = dg.define_asset_job(
 def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = load_settings(config_path)
     return dg.Definitions(
-        assets=PER_VIDEO_ASSETS,
+        assets=[*PER_VIDEO_ASSETS, *TRAINING_ASSETS],
         asset_checks=ASSET_CHECKS,
-        jobs=[analyze_video_job],
+        jobs=[analyze_video_job, train_job],
         sensors=[
             build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
             build_dataset_backfill_sensor(analyze_video_job),

@@ -30,6 +30,7 @@ from dagster_deepfake.storage.bucket import open_uri
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 
 if TYPE_CHECKING:
+    from dagster_deepfake.training.features import VideoFeatures
     from dagster_deepfake.media.vad import SpeechActivity
     from dagster_deepfake.scoring import ScoredVideo
 
@@ -403,3 +404,34 @@ def saliency_url(store: ArtifactStore, video_id: str, name: str) -> str:
         if presigned:
             return presigned
     return f"/jobs/{video_id}/saliency/{name}"
+
+
+# -- training features ------------------------------------------------------------------------------
+
+
+class StoreFeatureSource:
+    """Training features read from what the per-video assets cached (never decodes video).
+
+    `labels` maps video_id → (label_int, method), from the dataset manifest.
+    """
+
+    def __init__(self, store: ArtifactStore, labels: dict[str, tuple[int, str]]) -> None:
+        self.store = store
+        self.labels = labels
+
+    def load(self, video_id: str) -> VideoFeatures:
+        from dagster_deepfake.training.features import VideoFeatures
+
+        label_int, method = self.labels[video_id]
+        faces = load_face_crops(self.store, video_id)
+        audio_in = load_audio(self.store, video_id)
+        return VideoFeatures(
+            video_id=video_id,
+            label_int=int(label_int),
+            method=method,
+            crops=faces.crops,
+            flow=load_flow_features(self.store, video_id),
+            timestamps=faces.timestamps,
+            waveform=audio_in.waveform if audio_in.has_speech else None,
+            speech_mask=audio_in.speech_mask if audio_in.has_speech else None,
+        )

@@ -1,6 +1,5 @@
 """Dagster resources: thin `ConfigurableResource` wrappers around the library's storage and devices."""
 
-import json
 from typing import Any
 
 import dagster as dg
@@ -25,13 +24,17 @@ class SettingsResource(dg.ConfigurableResource):
     """The contract and platform settings (config/config.yaml unless `config_path` says otherwise)."""
 
     config_path: str | None = None
-    # Top-level `platform` overrides as JSON (tests and one-off runs); empty means the file as is.
-    platform_overrides_json: str = "{}"
+    # A complete settings document as JSON (tests, one-off runs); empty means the file as is.
+    settings_json: str = ""
     _settings: Settings | None = PrivateAttr(default=None)
 
     def get(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config_path, **json.loads(self.platform_overrides_json))
+            self._settings = (
+                Settings.model_validate_json(self.settings_json)
+                if self.settings_json
+                else load_settings(self.config_path)
+            )
         return self._settings
 
 
@@ -96,7 +99,7 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
     p = s.platform
     return {
         "settings": SettingsResource(
-            config_path=config_path, platform_overrides_json=json.dumps(p.model_dump()) if settings else "{}"
+            config_path=config_path, settings_json=s.model_dump_json() if settings else ""
         ),
         "artifacts": ArtifactStoreResource(
             root=p.artifact_root, s3_endpoint_url=p.s3_endpoint_url, s3_region=p.s3_region

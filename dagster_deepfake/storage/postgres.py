@@ -161,6 +161,16 @@ class ResultsDB:
             found = conn.execute(select(videos).where(videos.c.video_id == video_id)).mappings().first()
         return dict(found) if found else None
 
+    def video_ids_by_source(self, source_uris: list[str]) -> dict[str, str]:
+        """source_uri → video_id for the given URIs (dataset registration records file:// URIs)."""
+        if not source_uris:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(videos.c.source_uri, videos.c.video_id).where(videos.c.source_uri.in_(source_uris))
+            )
+            return {r.source_uri: r.video_id for r in rows}
+
     def count(self, table: Table) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())

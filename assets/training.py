@@ -1,0 +1,244 @@
+"""Global assets: `dataset_manifest` → `trained_model` → `calibration` → `evaluation`.
+
+They read the per-video features the partitioned assets cached (faces, flow, audio); training
+never decodes video. A registered dataset is one `register-dataset` call (or `synth --n`).
+"""
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from assets.common import image_md
+from dagster_deepfake import pipeline
+from dagster_deepfake.plots import line_plot_png
+from dagster_deepfake.training.manifests import manifest_hash, read_manifest
+from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
+
+TRAINING_MANIFEST = "datasets/training_manifest.parquet"
+
+
+def _training_rows(store, db) -> pd.DataFrame:
+    """Every registered dataset's rows with their partition key and whether features are cached."""
+    frames = []
+    for name in store.list("datasets"):
+        rel = f"datasets/{name}/manifest.parquet"
+        if store.exists(rel):
+            with store.local_path(rel) as local:
+                frames.append(read_manifest(local).assign(dataset_name=name))
+    if not frames:
+        return pd.DataFrame()
+    manifest = pd.concat(frames, ignore_index=True)
+    ids = db.video_ids_by_source([Path(p).resolve().as_uri() for p in manifest["path"]])
+    manifest["video_id"] = [ids.get(Path(p).resolve().as_uri()) for p in manifest["path"]]
+    manifest["features_cached"] = [
+        bool(v) and store.has_table("faces", v) and store.has_table("flow", v) for v in manifest["video_id"]
+    ]
+    return manifest
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"parquet"},
+    description="All registered datasets' videos with labels, splits and partition keys.",
+)
+def dataset_manifest(artifacts: ArtifactStoreResource, postgres: PostgresResource) -> dg.MaterializeResult:
+    store = artifacts.store()
+    rows = _training_rows(store, postgres.db())
+    if rows.empty:
+        raise dg.Failure(
+            "no dataset registered: run `dagster-deepfake register-dataset` (or `synth --n N` + register)"
+        )
+    buf = rows.to_parquet(index=False)
+    store.write_bytes(TRAINING_MANIFEST, buf)
+    counts = rows.groupby(["split", "label"]).size().to_dict()
+    return dg.MaterializeResult(
+        metadata={
+            "videos": len(rows),
+            "with_cached_features": int(rows["features_cached"].sum()),
+            "manifest_hash": manifest_hash(rows),
+            "by_split_and_label": dg.MetadataValue.json(
+                {f"{k[0]}/{k[1]}": int(v) for k, v in counts.items()}
+            ),
+        }
+    )
+
+
+def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]], str]:
+    with store.local_path(TRAINING_MANIFEST) as local:
+        rows = pd.read_parquet(local)
+    usable = rows[rows["features_cached"]]
+    labels = {r.video_id: (int(r.label_int), str(r.method)) for r in usable.itertuples()}
+    return list(usable.loc[usable["split"] == split, "video_id"]), labels, manifest_hash(usable)
+
+
+@dg.asset(
+    deps=[dataset_manifest],
+    group_name="training",
+    kinds={"pytorch"},
+    pool="gpu",
+    description="AdamW + cosine warm-up, temporal-consistency loss, modality dropout; best checkpoint by "
+    "validation AUC, published to <model_dir>/current. Resumes an interrupted run.",
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    artifacts: ArtifactStoreResource,
+    torch_device: TorchDeviceResource,
+) -> dg.MaterializeResult:
+    from dagster_deepfake.training.loop import train_detector
+
+    s = settings.get()
+    store = artifacts.store()
+    train_ids, labels, data_hash = _split_ids(store, "train")
+    val_ids, _, _ = _split_ids(store, "val")
+    if not train_ids or not val_ids:
+        raise dg.Failure(
+            f"need cached features for train and val videos (train {len(train_ids)}, val {len(val_ids)})"
+        )
+    out_dir = Path(s.platform.model_dir) / "runs" / data_hash
+    source = pipeline.StoreFeatureSource(store, labels)
+
+    def on_epoch(stats) -> None:
+        context.log.info(
+            f"epoch {stats.epoch}: step {stats.step}, train loss {stats.train_loss:.4f}, "
+            f"val AUC {stats.val_auc}, lr {stats.lr:.2e}, {stats.seconds:.1f}s"
+        )
+
+    result = train_detector(
+        s.model.registry_config,
+        train_ids,
+        val_ids,
+        source,
+        s.training,
+        out_dir,
+        device=torch_device.torch_device(),
+        on_epoch=on_epoch,
+        training_data_hash=data_hash,
+        frame_rate=s.data.frame_rate,
+    )
+    current = Path(s.platform.model_dir) / "current"
+    tmp = current.with_name("current.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(result.best_checkpoint, tmp)
+    shutil.rmtree(current, ignore_errors=True)
+    tmp.rename(current)
+    epochs = [h.epoch for h in result.history]
+    plot = line_plot_png(
+        epochs,
+        {
+            "train loss": [h.train_loss for h in result.history],
+            "val AUC": [h.val_auc or 0 for h in result.history],
+        },
+        title="training",
+        xlabel="epoch",
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "best_val_auc": dg.MetadataValue.float(float(result.best_val_auc or 0.0)),
+            "epochs": len(result.history),
+            "resumed_from_step": result.resumed_from_step,
+            "train_videos": len(train_ids),
+            "val_videos": len(val_ids),
+            "training_data_hash": data_hash,
+            "checkpoint": dg.MetadataValue.path(str(current)),
+            "curves": dg.MetadataValue.md(image_md(plot, "loss and AUC", "image/png")),
+        }
+    )
+
+
+@dg.asset(
+    deps=[trained_model],
+    group_name="training",
+    kinds={"pytorch"},
+    description="Temperature scaling fitted on the validation videos (NLL); ECE and reliability before/after.",
+)
+def calibration(
+    settings: SettingsResource, artifacts: ArtifactStoreResource, torch_device: TorchDeviceResource
+) -> dg.MaterializeResult:
+    from dagster_deepfake.training.calibrate import calibrate_checkpoint
+
+    s = settings.get()
+    store = artifacts.store()
+    val_ids, labels, _ = _split_ids(store, "val")
+    fit = calibrate_checkpoint(
+        Path(s.platform.model_dir) / "current",
+        val_ids,
+        pipeline.StoreFeatureSource(store, labels),
+        device=torch_device.torch_device(),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "temperature": dg.MetadataValue.float(fit.temperature),
+            "ece_before": dg.MetadataValue.float(fit.ece_before),
+            "ece_after": dg.MetadataValue.float(fit.ece_after),
+            "nll_before": dg.MetadataValue.float(fit.nll_before),
+            "nll_after": dg.MetadataValue.float(fit.nll_after),
+            "reliability": dg.MetadataValue.md(image_md(fit.reliability_png, "reliability", "image/png")),
+        }
+    )
+
+
+@dg.asset(
+    deps=[calibration],
+    group_name="training",
+    kinds={"parquet", "postgres"},
+    description="Video-level AUC, accuracy, FPR at 0.5, TPR at 5 % FPR, EER, ECE, per-method AUC, ROC.",
+)
+def evaluation(
+    settings: SettingsResource,
+    artifacts: ArtifactStoreResource,
+    postgres: PostgresResource,
+    torch_device: TorchDeviceResource,
+) -> dg.MaterializeResult:
+    from dagster_deepfake.training.evaluate import evaluate_checkpoint
+
+    s = settings.get()
+    store = artifacts.store()
+    test_ids, labels, data_hash = _split_ids(store, "test")
+    result = evaluate_checkpoint(
+        Path(s.platform.model_dir) / "current",
+        test_ids,
+        pipeline.StoreFeatureSource(store, labels),
+        threshold=s.model.head.threshold,
+        device=torch_device.torch_device(),
+    )
+    metrics = result.metrics.model_dump()
+    created = dt.datetime.now(dt.UTC)
+    evaluation_id = f"{result.model_version}:{data_hash}"
+    postgres.db().upsert_evaluation(
+        evaluation_id=evaluation_id,
+        model_version=result.model_version,
+        dataset=data_hash,
+        split="test",
+        metrics={**metrics, "per_method_auc": result.per_method_auc, "weights": result.weights},
+    )
+    store.write_bytes(
+        f"evaluations/{data_hash}/predictions.parquet", result.predictions.to_parquet(index=False)
+    )
+    if result.roc_png:
+        store.write_bytes(f"evaluations/{data_hash}/roc.png", result.roc_png)
+    targets = s.targets
+    return dg.MaterializeResult(
+        metadata={
+            "auc": metrics.get("auc"),
+            "accuracy": metrics.get("accuracy"),
+            "fpr_at_0.5": metrics.get("fpr_at_threshold"),
+            "tpr_at_5pct_fpr": metrics.get("tpr_at_fpr_5"),
+            "eer": metrics.get("eer"),
+            "ece": metrics.get("ece"),
+            "per_method_auc": dg.MetadataValue.json(result.per_method_auc),
+            "meets_targets": bool(
+                (metrics.get("auc") or 0) > targets.auc
+                and (metrics.get("fpr_at_threshold") or 1) < targets.false_positive_rate
+            ),
+            "weights": result.weights,
+            "test_videos": len(test_ids),
+            "evaluated_at": created.isoformat(),
+            "roc": dg.MetadataValue.md(
+                image_md(result.roc_png, "ROC", "image/png") if result.roc_png else "one class only"
+            ),
+        }
+    )
