@@ -30,9 +30,9 @@ from dagster_deepfake.storage.bucket import open_uri
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 
 if TYPE_CHECKING:
-    from dagster_deepfake.training.features import VideoFeatures
     from dagster_deepfake.media.vad import SpeechActivity
     from dagster_deepfake.scoring import ScoredVideo
+    from dagster_deepfake.training.features import VideoFeatures
 
 # Extensions kept for the ingested copy (ffmpeg sniffs content anyway; the name only helps people).
 _KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
