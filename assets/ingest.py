@@ -8,7 +8,7 @@ from dagster_deepfake import pipeline
 from dagster_deepfake.errors import InvalidVideoError
 from dagster_deepfake.media.frames import sample_frames
 from dagster_deepfake.media.probe import VideoProbe
-from resources import ArtifactStoreResource, PostgresResource, SettingsResource
+from resources import ArtifactStoreResource, PostgresResource, SettingsResource, UploadBucketResource
 
 
 @dg.asset(
@@ -22,6 +22,7 @@ def raw_video(
     settings: SettingsResource,
     artifacts: ArtifactStoreResource,
     postgres: PostgresResource,
+    upload_bucket: UploadBucketResource,
 ) -> dg.MaterializeResult:
     video_id = context.partition_key
     db = postgres.db()
@@ -31,7 +32,14 @@ def raw_video(
             raise InvalidVideoError(video_id, "no upload is registered for this partition")
         db.set_job_status(video_id, "running", run_id=context.run.run_id)
         store = artifacts.store()
-        ingested = pipeline.ingest_video(store, video_id, video["source_uri"], settings.get())
+        ingested = pipeline.ingest_video(
+            store,
+            video_id,
+            video["source_uri"],
+            settings.get(),
+            # the upload bucket's endpoint and region: an s3:// source is read where it was listed
+            storage_options=upload_bucket.bucket().storage_options,
+        )
     store.write_table(
         "videos",
         video_id,
@@ -96,7 +104,7 @@ def frames(
     return dg.MaterializeResult(
         metadata={
             "frame_count": dg.MetadataValue.int(len(table)),
-            "frame_rate": dg.MetadataValue.float(rate),
+            "frame_rate": dg.MetadataValue.float(float(rate)),  # config default may be an int
             "first_ts": dg.MetadataValue.float(float(table.timestamp.min())),
             "last_ts": dg.MetadataValue.float(float(table.timestamp.max())),
             "warnings": dg.MetadataValue.json(sampler.warnings),

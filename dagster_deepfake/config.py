@@ -28,6 +28,8 @@ _PLATFORM_ENV = {
     "postgres_url": "DAGSTER_DEEPFAKE_POSTGRES_URL",
     "postgres_data_dir": "DAGSTER_DEEPFAKE_POSTGRES_DATA_DIR",
     "s3_endpoint_url": "DAGSTER_DEEPFAKE_S3_ENDPOINT_URL",
+    "s3_region": "DAGSTER_DEEPFAKE_S3_REGION",
+    "upload_settle_seconds": "DAGSTER_DEEPFAKE_UPLOAD_SETTLE_SECONDS",
     "device": "DAGSTER_DEEPFAKE_DEVICE",
     "checkpoint": "DAGSTER_DEEPFAKE_CHECKPOINT",
     "model_dir": "DAGSTER_DEEPFAKE_MODEL_DIR",
@@ -103,7 +105,7 @@ class FacesConfig(_Section):
 
 
 class DataConfig(_Section):
-    frame_rate: float = Field(5, ge=5, le=10)
+    frame_rate: float = Field(5.0, ge=5, le=10)
     audio: AudioDataConfig = Field(default_factory=AudioDataConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     min_height: int = 240

@@ -1,8 +1,10 @@
 """Turning bucket objects into videos: the sensor's logic, free of Dagster.
 
-The cursor is (last-modified, keys seen at exactly that time). Objects are taken in
-(mtime, key) order, so two objects with the same mtime are never skipped or repeated,
-and an object younger than `settle_seconds` (maybe still uploading) waits for a later tick.
+The cursor is a last-modified high-water mark plus the keys taken near it. Objects are
+taken in (mtime, key) order, so two objects with the same mtime are never skipped or
+repeated; an object younger than `settle_seconds` (maybe still uploading) waits for a
+later tick; an object that shows up late with an older timestamp (an S3 multipart upload is
+stamped with its start time) is still taken within `lookback_seconds`.
 """
 
 from __future__ import annotations
@@ -15,24 +17,50 @@ from dagster_deepfake.storage.bucket import BucketObject, UploadBucket
 from dagster_deepfake.storage.keys import partition_key_for_sha256
 from dagster_deepfake.storage.postgres import ResultsDB
 
+# How far behind the newest taken object the sensor still looks for late arrivals. S3 stamps
+# a multipart upload with the time it was *initiated*, so a 2 GB upload that takes minutes
+# appears with a LastModified older than objects registered meanwhile.
+DEFAULT_LOOKBACK_SECONDS = 900.0
+
 
 @dataclass
 class ScanCursor:
+    """High-water mark plus the keys taken within `lookback` of it (key -> arrival time).
+
+    An object is new when it arrived after the mark, or within the lookback window and not
+    already taken at that very arrival time. Equal timestamps (S3 has one-second resolution)
+    are told apart by key, so nothing is skipped or repeated.
+    """
+
     mtime: float = 0.0
-    keys_at_mtime: list[str] = field(default_factory=list)
+    seen: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def keys_at_mtime(self) -> list[str]:
+        return sorted(k for k, t in self.seen.items() if t == self.mtime)
 
     def to_json(self) -> str:
-        return json.dumps({"mtime": self.mtime, "keys": sorted(self.keys_at_mtime)})
+        return json.dumps({"mtime": self.mtime, "seen": dict(sorted(self.seen.items()))})
 
     @classmethod
     def from_json(cls, text: str | None) -> ScanCursor:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(mtime=float(data.get("mtime", 0.0)), keys_at_mtime=list(data.get("keys", [])))
+        mtime = float(data.get("mtime", 0.0))
+        seen = {str(k): float(t) for k, t in (data.get("seen") or {}).items()}
+        seen.update({k: mtime for k in data.get("keys", [])})  # cursors written before `seen`
+        return cls(mtime=mtime, seen=seen)
 
-    def is_new(self, obj: BucketObject) -> bool:
-        return obj.mtime > self.mtime or (obj.mtime == self.mtime and obj.key not in self.keys_at_mtime)
+    def is_new(self, obj: BucketObject, lookback: float = 0.0) -> bool:
+        if obj.mtime > self.mtime:
+            return True
+        return obj.mtime >= self.mtime - lookback and self.seen.get(obj.key) != obj.mtime
+
+    def advanced(self, taken: list[BucketObject], lookback: float) -> ScanCursor:
+        mtime = max([self.mtime, *(o.mtime for o in taken)])
+        seen = {**self.seen, **{o.key: o.mtime for o in taken}}
+        return ScanCursor(mtime, {k: t for k, t in seen.items() if t >= mtime - lookback})
 
 
 @dataclass
@@ -43,10 +71,23 @@ class ScanResult:
 
 
 def select_new_objects(
-    objects: list[BucketObject], cursor: ScanCursor, *, now: float, settle_seconds: float, limit: int
+    objects: list[BucketObject],
+    cursor: ScanCursor,
+    *,
+    now: float,
+    settle_seconds: float,
+    limit: int,
+    lookback_seconds: float = 0.0,
 ) -> ScanResult:
-    """New objects in (mtime, key) order, at most `limit`, and the cursor after taking them."""
-    pending = sorted((o for o in objects if cursor.is_new(o)), key=lambda o: (o.mtime, o.key))
+    """New objects in (mtime, key) order, at most `limit`, and the cursor after taking them.
+
+    Objects younger than `settle_seconds` may still be growing (a local copy in progress, a
+    client rewriting a key): they and everything after them wait for a later tick, so the
+    cursor never passes an object that was not taken.
+    """
+    pending = sorted(
+        (o for o in objects if cursor.is_new(o, lookback_seconds)), key=lambda o: (o.mtime, o.key)
+    )
     taken: list[BucketObject] = []
     for obj in pending:
         if now - obj.mtime < settle_seconds or len(taken) >= limit:
@@ -54,11 +95,7 @@ def select_new_objects(
         taken.append(obj)
     if not taken:
         return ScanResult([], cursor, len(pending))
-    last = taken[-1].mtime
-    keys = [o.key for o in taken if o.mtime == last]
-    if last == cursor.mtime:
-        keys = cursor.keys_at_mtime + keys
-    return ScanResult(taken, ScanCursor(last, sorted(set(keys))), len(pending) - len(taken))
+    return ScanResult(taken, cursor.advanced(taken, lookback_seconds), len(pending) - len(taken))
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,18 @@ import time
 import dagster as dg
 
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG, VIDEOS_PARTITION, videos_partitions
-from dagster_deepfake.ingest import ScanCursor, register_object, select_new_objects
+from dagster_deepfake.ingest import (
+    DEFAULT_LOOKBACK_SECONDS,
+    ScanCursor,
+    register_object,
+    select_new_objects,
+)
 from resources import PostgresResource, SettingsResource, UploadBucketResource
+
+# Dagster cancels a sensor evaluation after 60 s by default; hashing stops well before that
+# and the cursor moves only past what was registered, so the rest waits for the next tick
+# (at least one object per tick is always taken, so a slow listing cannot stall the sensor).
+TICK_BUDGET_SECONDS = 40.0
 
 
 def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
@@ -30,21 +40,34 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
     ) -> dg.SensorResult | dg.SkipReason:
         platform = settings.get().platform
         bucket = upload_bucket.bucket()
+        started = time.monotonic()
         cursor = ScanCursor.from_json(context.cursor)
-        scan = select_new_objects(
-            bucket.list_objects(),
-            cursor,
-            now=time.time(),
-            settle_seconds=platform.upload_settle_seconds,
-            limit=platform.sensor_max_objects_per_tick,
-        )
+        listed = bucket.list_objects()
+        now = time.time()
+
+        def scan_with(limit: int):
+            return select_new_objects(
+                listed,
+                cursor,
+                now=now,
+                settle_seconds=platform.upload_settle_seconds,
+                limit=limit,
+                lookback_seconds=DEFAULT_LOOKBACK_SECONDS,
+            )
+
+        scan = scan_with(platform.sensor_max_objects_per_tick)
         if not scan.objects:
             return dg.SkipReason(f"no new uploads ({scan.waiting} still settling)")
         db = postgres.db()
         known = set(context.instance.get_dynamic_partitions(VIDEOS_PARTITION))
         new_keys: list[str] = []
         requests: list[dg.RunRequest] = []
+        handled = 0
         for obj in scan.objects:
+            if handled and time.monotonic() - started > TICK_BUDGET_SECONDS:
+                context.log.info(f"tick budget spent after {handled} objects; the rest waits")
+                break
+            handled += 1
             try:
                 reg = register_object(bucket, obj, db)
             except (OSError, ValueError) as exc:
@@ -62,6 +85,8 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
                     tags={SOURCE_URI_TAG: reg.source_uri[:4000], FILE_NAME_TAG: reg.file_name[:255]},
                 )
             )
+        if handled < len(scan.objects):
+            scan = scan_with(handled)
         context.log.info(
             f"{len(scan.objects)} new objects, {len(new_keys)} new videos, {scan.waiting} waiting"
         )

@@ -45,7 +45,8 @@ class ArtifactStore:
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = root.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = self.root.rstrip("/")
         self.is_local = self.fs.protocol in ("file", "local") or "file" in tuple(self.fs.protocol)
 
@@ -56,6 +57,16 @@ class ArtifactStore:
 
     def full_url(self, relpath: str) -> str:
         return self.fs.unstrip_protocol(self.path(relpath)) if not self.is_local else self.path(relpath)
+
+    def url_for(self, relpath: str, expires: int = 3600) -> str | None:
+        """A presigned GET URL valid for `expires` seconds on an object store; None for a local root.
+
+        Local artifacts are served by the API instead. The URL embeds a signature made from
+        the resource's credentials, so it works for a browser that has none of its own.
+        """
+        if self.is_local or not hasattr(self.fs, "url"):
+            return None
+        return self.fs.url(self.path(relpath), expires=expires)
 
     @staticmethod
     def video_rel(video_id: str, *parts: str) -> str:
@@ -110,6 +121,7 @@ class ArtifactStore:
 
     def list(self, relpath: str) -> list[str]:
         target = self.path(relpath)
+        self.fs.invalidate_cache(target)  # object-store listings are cached per process; others write too
         if not self.fs.exists(target):
             return []
         return sorted(posixpath.basename(p) for p in self.fs.ls(target, detail=False))
@@ -156,6 +168,7 @@ class ArtifactStore:
         """Every partition's rows of `table` (current schema version) as one frame."""
         spec = get_table_spec(table)
         folder = self.path(f"tables/{spec.name}/v{spec.version}")
+        self.fs.invalidate_cache(folder)
         if not self.fs.exists(folder):
             return spec.schema.empty_table().to_pandas()
         files = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".parquet"))

@@ -1,4 +1,10 @@
-"""The upload bucket: a folder of incoming videos behind fsspec (`file://…` or `s3://…`)."""
+"""The upload bucket: a folder of incoming videos behind fsspec (`file://…` or `s3://…`).
+
+One code path for both: only the URL differs. Object-store keys are opaque strings (a key
+may contain spaces, commas, unicode or a literal `..` segment and is still a valid upload),
+so keys are cut from listed paths literally, never normalised; only on a local filesystem,
+where `..` would walk out of the folder, are such keys refused.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,15 @@ class BucketObject:
 
 
 def _mtime(info: dict[str, Any]) -> float:
-    for field in ("mtime", "LastModified", "last_modified", "created"):
+    """When the object arrived: S3 `LastModified`, or on a local disk the later of mtime and ctime.
+
+    ctime matters locally because `mv old.mp4 uploads/` keeps the file's old mtime but sets
+    ctime to the moment of the move; with mtime alone the sensor cursor would never see it.
+    """
+    local = [float(info[f]) for f in ("mtime", "created") if isinstance(info.get(f), int | float)]
+    if local:
+        return max(local)
+    for field in ("LastModified", "last_modified"):
         value = info.get(field)
         if value is None:
             continue
@@ -43,8 +57,10 @@ class UploadBucket:
         self, uri: str, suffixes: list[str] | None = None, storage_options: dict[str, Any] | None = None
     ) -> None:
         self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.root = self.root.rstrip("/")
+        self.is_local = "file" in tuple(self.fs.protocol) or "local" in tuple(self.fs.protocol)
         self.suffixes = tuple(s.lower() for s in (suffixes or []))
 
     def ensure(self) -> None:
@@ -60,14 +76,19 @@ class UploadBucket:
 
     def list_objects(self) -> list[BucketObject]:
         """Every accepted object below the root (recursive), sorted by (mtime, key)."""
+        # fsspec caches listings per filesystem instance (shared across ticks in one process);
+        # a sensor must see the bucket as it is now.
+        self.fs.invalidate_cache()
         if not self.fs.exists(self.root):
             return []
+        # `find` pages through the whole listing (S3 ListObjectsV2 returns 1,000 keys a page).
         found = self.fs.find(self.root, detail=True, withdirs=False)
+        prefix = self.root + "/"
         objects = []
         for path, info in found.items():
-            if info.get("type") == "directory":
+            if info.get("type") == "directory" or not path.startswith(prefix):
                 continue
-            key = posixpath.relpath(path, self.root)
+            key = path[len(prefix) :]
             if not self._accept(key):
                 continue
             objects.append(
@@ -83,9 +104,10 @@ class UploadBucket:
 
     def _path(self, key: str) -> str:
         parts = key.split("/")
-        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        unsafe = ("", ".", "..") if self.is_local else ("",)
+        if not key or key.startswith("/") or any(p in unsafe for p in parts):
             raise ValueError(f"unsafe bucket key: {key!r}")
-        return posixpath.join(self.root, key)
+        return f"{self.root}/{key}"
 
     def open(self, key: str) -> BinaryIO:
         return self.fs.open(self._path(key), "rb")

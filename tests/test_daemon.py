@@ -1,0 +1,248 @@
+"""The production instance (deploy/dagster.yaml) on a real PostgreSQL, and the Dagster daemon
+running a sensor-requested analysis through it: queued, launched, completed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from dagster_deepfake.config import REPO_ROOT
+from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
+from dagster_deepfake.storage.postgres import ResultsDB
+
+PRODUCTION_INSTANCE = REPO_ROOT / "deploy" / "dagster.yaml"
+DAEMON_TIMEOUT_SECONDS = 240
+
+
+@pytest.fixture(scope="module")
+def dagster_pg_url(pg_url: str) -> str:
+    """A fresh database `dagster_test` for Dagster's own storage, beside the results database."""
+    admin = create_engine(make_url(pg_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS dagster_test WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE dagster_test"))
+    admin.dispose()
+    # dagster-postgres needs psycopg2, named explicitly: SQLAlchemy 2.1 maps a bare postgresql://
+    # to psycopg 3, on which dagster's NOTIFY statements fail (DESIGN §6).
+    url = make_url(pg_url).set(drivername="postgresql+psycopg2", database="dagster_test")
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, dagster_pg_url: str, monkeypatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PRODUCTION_INSTANCE, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url)
+    return home
+
+
+def test_production_instance_loads_on_postgres(dagster_home: Path):
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 8
+        assert [lim["key"] for lim in queue.tag_concurrency_limits] == ["dagster-deepfake/dataset"]
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.run_monitoring_enabled
+        assert not instance.telemetry_enabled
+
+        # The `gpu` pool is sized at deploy time (`dagster instance concurrency set gpu N`) and
+        # lives in PostgreSQL: another process sees the same limit.
+        instance.event_log_storage.set_concurrency_slots("gpu", 3)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as other:
+        assert other.event_log_storage.get_concurrency_info("gpu").slot_count == 3
+
+
+def test_production_instance_refuses_without_database_url(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    shutil.copy(PRODUCTION_INSTANCE, tmp_path / "dagster.yaml")
+    with pytest.raises(Exception, match="DAGSTER_PG_URL"):
+        dg.DagsterInstance.from_config(str(tmp_path))
+
+
+def _write_config(path: Path, tmp: Path, pg_url: str) -> None:
+    config = {
+        "model": {"registry_config": "tiny"},  # the contract's classes in a CPU-test size
+        "platform": {
+            "upload_uri": f"file://{tmp / 'bucket'}",
+            "artifact_root": str(tmp / "artifacts"),
+            "postgres_url": pg_url,
+            "model_dir": str(tmp / "models"),
+            "upload_settle_seconds": 1,
+            "sensor_interval_seconds": 2,
+            "device": "cpu",
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path, dagster_home: Path, pg_url: str) -> Iterator[dict[str, str]]:
+    (tmp_path / "bucket").mkdir()
+    config = tmp_path / "config.yaml"
+    _write_config(config, tmp_path, pg_url)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "DAGSTER_DEEPFAKE_CONFIG": str(config),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in (
+        "DAGSTER_DEEPFAKE_UPLOAD_URI",
+        "DAGSTER_DEEPFAKE_ARTIFACT_ROOT",
+        "DAGSTER_DEEPFAKE_POSTGRES_URL",
+    ):
+        env.pop(name, None)  # the temp config is the whole truth for this daemon
+    yield env
+
+
+def _start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
+    daemon = Path(sys.executable).with_name("dagster-daemon")
+    return subprocess.Popen(
+        [str(daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: code server and run workers go with it
+    )
+
+
+def _stop_daemon(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # run workers started by the daemon stay in its process group
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAEMON_TIMEOUT_SECONDS + 60)
+def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagster_home: Path, pg_url: str):
+    from dagster_deepfake.synthetic import generate_clip
+
+    clip = generate_clip(tmp_path / "clip.mp4", seed=3, duration=2.0, width=320, height=240, audio="speech")
+    video_id = partition_key_for_sha256(sha256_file(str(clip.path)))
+    results = ResultsDB(pg_url)
+    results.create_schema()
+
+    log = tmp_path / "daemon.log"
+    proc = _start_daemon(daemon_env, log)
+    try:
+        # An upload arrives the way a client writes one: a temp name, then a rename.
+        staging = tmp_path / "bucket" / "talk clip.mp4.part"
+        shutil.copy(clip.path, staging)
+        staging.rename(tmp_path / "bucket" / "talk clip.mp4")
+
+        deadline = time.monotonic() + DAEMON_TIMEOUT_SECONDS
+        run = None
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, f"daemon exited:\n{log.read_text()[-4000:]}"
+                runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": video_id}))
+                run = runs[0] if runs else None
+                job = results.get_job(video_id)
+                if run is not None and run.is_finished and job and job["status"] in ("completed", "failed"):
+                    break
+                time.sleep(2)
+            assert run is not None, f"no run for {video_id}:\n{log.read_text()[-4000:]}"
+            assert run.status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-4000:]
+            assert run.tags["dagster/sensor_name"] == "upload_bucket_sensor"
+            assert run.job_name == "analyze_video"
+            events = [
+                r.event_log_entry.dagster_event.event_type
+                for r in instance.get_records_for_run(run.run_id).records
+                if r.event_log_entry.dagster_event is not None
+            ]
+            order = [
+                dg.DagsterEventType.RUN_ENQUEUED,  # the QueuedRunCoordinator took it
+                dg.DagsterEventType.RUN_STARTING,  # the queue daemon released it to the launcher
+                dg.DagsterEventType.RUN_START,  # a run worker process picked it up
+                dg.DagsterEventType.RUN_SUCCESS,
+            ]
+            assert [e for e in events if e in order] == order
+            assert video_id in instance.get_dynamic_partitions("videos")
+    finally:
+        _stop_daemon(proc)
+
+    job = results.get_job(video_id)
+    assert job["status"] == "completed" and job["run_id"] == run.run_id
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    frames = store.read_table("frames", video_id)
+    assert len(frames) == 10  # 2 s at 5 FPS
+    assert store.has_table("predictions", video_id) or job["result"] is not None
+
+
+def test_cluster_files_parse_and_agree_with_the_project():
+    """What can be checked here without docker or helm: YAML, pins and the GPU wiring."""
+    import re
+
+    values = yaml.safe_load((REPO_ROOT / "deploy" / "k8s" / "values.yaml").read_text())
+    gpu_tags = yaml.safe_load((REPO_ROOT / "deploy" / "k8s" / "gpu-step-tags.yaml").read_text())
+    instance = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "dagster_deepfake.definitions"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    run_k8s = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    assert run_k8s["containerConfig"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    gpu_pool = run_k8s["podSpecConfig"]["nodeSelector"]
+    assert gpu_tags["pod_spec_config"]["node_selector"] == gpu_pool  # steps and runs land alike
+    assert gpu_tags["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The settings the code reads from the env exist in config.py's override table.
+    from dagster_deepfake.config import _PLATFORM_ENV
+
+    project_env = {k for k in deployment["env"] if k.startswith("DAGSTER_DEEPFAKE_")}
+    assert project_env <= set(_PLATFORM_ENV.values())
+    # The cluster and the single host agree on the limits that protect the queue.
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert (
+        queue["tagConcurrencyLimits"][0]["key"]
+        == instance["concurrency"]["runs"]["tag_concurrency_limits"][0]["key"]
+    )
+    assert values["concurrency"]["pools"]["defaultLimit"] == queue["maxConcurrentRuns"]
+
+    # The image installs the torch pair and the dagster-k8s release that pyproject pins.
+    def pin(name: str, text_: str, pattern: str) -> str:
+        found = re.search(pattern, text_)
+        assert found, f"{name} not pinned"
+        return found.group(1)
+
+    assert pin("torch", dockerfile, r"TORCH_VERSION=([\d.]+)") == pin(
+        "torch", pyproject, r'"torch==([\d.]+)"'
+    )
+    assert pin("torchvision", dockerfile, r"TORCHVISION_VERSION=([\d.]+)") == pin(
+        "torchvision", pyproject, r'"torchvision==([\d.]+)"'
+    )
+    assert pin("dagster-k8s", dockerfile, r"DAGSTER_K8S_VERSION=([\d.]+)") == pin(
+        "dagster-postgres", pyproject, r'"dagster-postgres==([\d.]+)"'
+    )
+    assert "USER dagster" in dockerfile and "deploy/dagster.yaml" in dockerfile
