@@ -8,6 +8,7 @@ The run writes docs/RELIABILITY.md from what it observed (set DAGSTER_DEEPFAKE_W
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,7 +244,7 @@ def test_corpus(corpus, settings, db, tmp_path):
                 "file": path.name,
                 "expected": case.expected,
                 "observed": observed,
-                "reason": (detail or "").replace("|", "/")[:120],
+                "reason": re.sub(r" @ 0x[0-9a-f]+", "", detail or "").replace("|", "/")[:120],
                 "cli": cli_line.replace("|", "/")[:100],
                 "ok": "yes" if ok else "NO",
             }
