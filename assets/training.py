@@ -98,8 +98,11 @@ def trained_model(
         raise dg.Failure(
             f"need cached features for train and val videos (train {len(train_ids)}, val {len(val_ids)})"
         )
+    from dagster_deepfake.models.registry import from_settings
+    from dagster_deepfake.training.features import LRUFeatureSource
+
     out_dir = Path(s.platform.model_dir) / "runs" / data_hash
-    source = pipeline.StoreFeatureSource(store, labels)
+    source = LRUFeatureSource(pipeline.StoreFeatureSource(store, labels))
 
     def on_epoch(stats) -> None:
         context.log.info(
@@ -108,7 +111,7 @@ def trained_model(
         )
 
     result = train_detector(
-        s.model.registry_config,
+        from_settings(s.model, s.training),
         train_ids,
         val_ids,
         source,
