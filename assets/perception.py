@@ -132,7 +132,11 @@ def audio(
         fail_video_on_bad_input(postgres.db(), video_id, "audio"),
         store.local_path(pipeline.find_source_rel(store, video_id)) as local,
     ):
-        track = extract_audio(local, sample_rate=cfg.sample_rate, has_audio=True) if probe.get("has_audio") else None
+        track = (
+            extract_audio(local, sample_rate=cfg.sample_rate, has_audio=True)
+            if probe.get("has_audio")
+            else None
+        )
     if track is None:
         speech = SpeechActivity.empty(float(probe.get("duration") or 0.0))
     else:

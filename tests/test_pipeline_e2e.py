@@ -41,7 +41,9 @@ def _run(settings, db, path: Path):
 
 
 def test_synthetic_talking_face_end_to_end(tiny_settings, db, tmp_path):
-    clip = generate_clip(tmp_path / "talking.mp4", seed=5, duration=3.0, width=320, height=240, audio="speech")
+    clip = generate_clip(
+        tmp_path / "talking.mp4", seed=5, duration=3.0, width=320, height=240, audio="speech"
+    )
     video_id, result = _run(tiny_settings, db, clip.path)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
 
