@@ -13,6 +13,7 @@ import pandas as pd
 
 from assets.common import image_md
 from dagster_deepfake import pipeline
+from dagster_deepfake.models.store import current_checkpoint_dir
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.training.manifests import manifest_hash, read_manifest
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
@@ -122,7 +123,7 @@ def trained_model(
         training_data_hash=data_hash,
         frame_rate=s.data.frame_rate,
     )
-    current = Path(s.platform.model_dir) / "current"
+    current = current_checkpoint_dir(s.platform.model_dir)
     tmp = current.with_name("current.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(result.best_checkpoint, tmp)
@@ -167,7 +168,7 @@ def calibration(
     store = artifacts.store()
     val_ids, labels, _ = _split_ids(store, "val")
     fit = calibrate_checkpoint(
-        Path(s.platform.model_dir) / "current",
+        current_checkpoint_dir(s.platform.model_dir),
         val_ids,
         pipeline.StoreFeatureSource(store, labels),
         device=torch_device.torch_device(),
@@ -202,7 +203,7 @@ def evaluation(
     store = artifacts.store()
     test_ids, labels, data_hash = _split_ids(store, "test")
     result = evaluate_checkpoint(
-        Path(s.platform.model_dir) / "current",
+        current_checkpoint_dir(s.platform.model_dir),
         test_ids,
         pipeline.StoreFeatureSource(store, labels),
         threshold=s.model.head.threshold,

@@ -24,6 +24,11 @@ from dagster_deepfake.models.detector import DeepfakeDetector
 log = logging.getLogger(__name__)
 
 
+def current_checkpoint_dir(model_dir: str) -> Path:
+    """Where training publishes the checkpoint that serves predictions."""
+    return Path(model_dir) / "current"
+
+
 def resolve_checkpoint(checkpoint: str | None, model_dir: str, registry_config: str) -> Path:
     """The checkpoint folder to serve, creating the untrained fallback if needed."""
     if checkpoint:
@@ -31,7 +36,7 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, registry_config: 
         if not (path / MANIFEST_FILE).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {MANIFEST_FILE}")
         return path
-    current = Path(model_dir) / "current"
+    current = current_checkpoint_dir(model_dir)
     if (current / MANIFEST_FILE).is_file():
         return current
     fallback = Path(model_dir) / f"untrained-{registry_config}"
