@@ -12,7 +12,7 @@ import os
 import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import cv2
@@ -132,8 +132,9 @@ def frame_rel(video_id: str, frame_id: int) -> str:
 
 @dataclass
 class FramesSummary:
+    """The frame index and a thumbnail; decoding warnings stay on the `FrameSampler`."""
+
     table: pd.DataFrame
-    warnings: list[str] = field(default_factory=list)
     thumbnail_png: bytes | None = None
 
 
