@@ -157,8 +157,11 @@ def thumbnail(image_rgb: np.ndarray, width: int = 240) -> bytes:
 def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[SampledFrame]) -> FramesSummary:
     """Write each sampled frame as a lossless PNG and the frame index as Parquet.
 
-    Old frames of this video are removed first, so a re-run never mixes two samplings.
+    Old frames of this video are removed first, so a re-run never mixes two samplings. The index
+    is the stage's completion mark: removed before the old frames, written after the last new
+    one, so a run killed or out of space half-way leaves no index naming missing frames.
     """
+    store.remove_table("frames", video_id)
     store.remove(ArtifactStore.video_rel(video_id, "frames"))
     rows = []
     thumb = None
@@ -206,14 +209,18 @@ def face_strip_rel(video_id: str) -> str:
 
 
 def persist_faces(store: ArtifactStore, video_id: str, extraction: FaceExtraction) -> bytes:
-    """Write the per-frame face table, the aligned crops (one .npy) and a contact strip; return the strip PNG."""
+    """Write the aligned crops (one .npy), a contact strip and the per-frame face table; return the strip PNG.
+
+    The table is written last and dropped first: it marks the crops complete (as in `persist_frames`).
+    """
     table = extraction.table.copy()
     table.insert(0, "video_id", video_id)
-    store.write_table("faces", video_id, table)
+    store.remove_table("faces", video_id)
     store.write_array(crops_rel(video_id), extraction.crops)
     strip = face_strip_png(extraction.crops) if len(extraction.crops) else b""
     if strip:
         store.write_bytes(face_strip_rel(video_id), strip)
+    store.write_table("faces", video_id, table)
     return strip
 
 
@@ -275,7 +282,12 @@ def speech_mask_rel(video_id: str) -> str:
 def persist_audio(
     store: ArtifactStore, video_id: str, pcm: np.ndarray | None, speech: SpeechActivity
 ) -> pd.DataFrame:
-    """16 kHz int16 PCM (absent without an audio track), the 20 ms speech mask and the segment table."""
+    """16 kHz int16 PCM (absent without an audio track), the 20 ms speech mask and the segment table.
+
+    The segment table is dropped first and written last: `load_audio` reads a missing PCM as "no
+    audio track", so a PCM lost half-way must leave no table that would vouch for it.
+    """
+    store.remove_table("speech_segments", video_id)
     store.remove(ArtifactStore.video_rel(video_id, "audio"))
     if pcm is not None:
         store.write_array(pcm_rel(video_id), pcm.astype(np.int16, copy=False))
@@ -378,7 +390,7 @@ def prediction_table(video_id: str, scored: ScoredVideo) -> pd.DataFrame:
                 "pretrained_audio": scored.pretrained["audio_encoder"],
                 "pretrained_video": scored.pretrained["video_backbone"],
                 "trained": scored.trained,
-                "trained_on": scored.training_data_hash,
+                "trained_on": scored.trained_on,
                 "created_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
             }
         ]

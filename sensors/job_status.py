@@ -6,6 +6,23 @@ from dagster_deepfake.storage.keys import is_partition_key
 from resources import PostgresResource
 
 
+def _failure_reason(context: dg.RunFailureSensorContext) -> str:
+    """The failed steps' own errors (what the asset raised), else the run's summary."""
+    reasons = []
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        error = data.error if data else None
+        while (
+            error is not None
+            and error.cause is not None
+            and error.cls_name == "DagsterExecutionStepExecutionError"
+        ):
+            error = error.cause  # Dagster's wrapper; the cause is what the asset raised
+        if error is not None:
+            reasons.append(f"{event.step_key}: {error.message.strip()}")
+    return "; ".join(reasons) or context.failure_event.message or "run failed"
+
+
 @dg.run_failure_sensor(
     name="job_failure_recorder",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -19,8 +36,9 @@ def job_failure_recorder(context: dg.RunFailureSensorContext, postgres: Postgres
     job = db.get_job(video_id)
     if job and job["status"] == "failed":
         return  # the asset already recorded a specific reason
-    message = context.failure_event.message or "run failed"
-    db.set_job_status(video_id, "failed", reason=message[:2000], run_id=context.dagster_run.run_id)
+    db.set_job_status(
+        video_id, "failed", reason=_failure_reason(context)[:2000], run_id=context.dagster_run.run_id
+    )
 
 
 @dg.run_status_sensor(
@@ -37,4 +55,10 @@ def job_success_recorder(context: dg.RunStatusSensorContext, postgres: PostgresR
     db = postgres.db()
     job = db.get_job(video_id)
     if job and job["status"] != "completed":
-        db.set_job_status(video_id, "completed", run_id=context.dagster_run.run_id)
+        # A dataset video's `extract_features` run caches what training reads and gives no verdict.
+        result = (
+            {"stage": "features", "note": "dataset video: features cached for training; no verdict"}
+            if context.dagster_run.job_name == "extract_features"
+            else None
+        )
+        db.set_job_status(video_id, "completed", result=result, run_id=context.dagster_run.run_id)

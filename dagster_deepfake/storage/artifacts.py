@@ -164,6 +164,10 @@ class ArtifactStore:
     def has_table(self, table: str, video_id: str) -> bool:
         return self.exists(self.table_rel(get_table_spec(table), video_id))
 
+    def remove_table(self, table: str, video_id: str) -> None:
+        """Drop this video's rows of `table` (a stage about to replace its files does this first)."""
+        self.remove(self.table_rel(get_table_spec(table), video_id))
+
     def read_all(self, table: str) -> pd.DataFrame:
         """Every partition's rows of `table` (current schema version) as one frame."""
         spec = get_table_spec(table)
