@@ -402,8 +402,16 @@ def _accept_upload(
             uploader=uploader,
             size_bytes=size,
         )
-    obj = ctx.bucket.put_file(path, key)
-    ctx.db.create_job(job_id, job_id, obj.uri)
+    # The job row is the claim: of two simultaneous uploads of the same bytes only the one that
+    # inserts it stores the object; the other answers as a duplicate.
+    if not ctx.db.create_job(job_id, job_id, source_uri):
+        existing = ctx.db.get_job(job_id) or {"status": "queued"}
+        return _Accepted(job_id, existing["status"], duplicate=True)
+    try:
+        ctx.bucket.put_file(path, key)
+    except Exception:
+        ctx.db.delete_queued_job(job_id)  # nothing stored: a later upload may claim it again
+        raise
     log.info("accepted upload %s (%d bytes) as %s", key, size, job_id)
     return _Accepted(job_id, "queued", duplicate=False)
 

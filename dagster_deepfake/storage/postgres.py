@@ -187,6 +187,12 @@ class ResultsDB:
         with self.engine.begin() as conn:
             return conn.execute(stmt).first() is not None
 
+    def delete_queued_job(self, job_id: str) -> bool:
+        """Withdraw a job that never started (its upload could not be stored); True if removed."""
+        with self.engine.begin() as conn:
+            stmt = jobs.delete().where(jobs.c.job_id == job_id, jobs.c.status == "queued")
+            return conn.execute(stmt).rowcount > 0
+
     def set_job_status(
         self,
         job_id: str,
@@ -207,6 +213,7 @@ class ResultsDB:
         if status == "running":
             values["started_at"] = now
             values["finished_at"] = None
+            values.setdefault("result", None)  # a re-run must not show the previous run's result
         if status in ("completed", "failed"):
             values["finished_at"] = now
         with self.engine.begin() as conn:
