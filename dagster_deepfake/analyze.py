@@ -74,12 +74,14 @@ def analyze_file(
     from dagster_deepfake.flow import compute_flow_features
     from dagster_deepfake.media.audio import extract_audio
     from dagster_deepfake.media.vad import SpeechActivity, detect_speech
+    from dagster_deepfake.models.inference import select_device
     from dagster_deepfake.models.store import load_ensemble
     from dagster_deepfake.pipeline import speech_sample_mask
     from dagster_deepfake.scoring import score_video
 
     timer = StageTimer()
     path = Path(path)
+    device = device or select_device(settings.platform.device)
     with timer.stage("probe"):
         probe = probe_video(path)
         warnings = validate_probe(
@@ -123,7 +125,7 @@ def analyze_file(
             p.model_dir,
             model_config or settings.model.registry_config,
             settings.inference.ensemble_size,
-            device or ("cuda" if _cuda() else "cpu"),
+            device,
         )
         warnings += model_warnings
     timestamps = extraction.kept_timestamps
@@ -135,7 +137,7 @@ def analyze_file(
             timestamps,
             frame_rate=settings.data.frame_rate,
             threshold=settings.model.head.threshold,
-            device=device or ("cuda" if _cuda() else "cpu"),
+            device=device,
             waveform=waveform,
             speech_mask=mask,
         )
@@ -250,7 +252,7 @@ def analyze_file(
             modalities_used=scored.modalities,
             pretrained=scored.pretrained,
             weights=scored.weights,
-            trained_on=scored.training_data_hash,
+            trained_on=scored.trained_on,
             temperature=scored.temperature,
             interval_method=scored.interval_method,
             p_fake_uncalibrated=scored.p_fake_uncalibrated,
@@ -279,12 +281,6 @@ def analyze_file(
         timings=timer.seconds,
         document=json.loads(document.to_json()),
     )
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def render_text(result: AnalysisResult, *, timings: bool = False) -> str:

@@ -29,5 +29,9 @@ class NoFaceFoundError(DeepfakeError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class DeviceUnavailableError(DeepfakeError):
+    """The configured torch device (e.g. `platform.device: cuda`) is not present on this machine."""
+
+
 class MissingDependencyError(DeepfakeError):
     """A required external program (ffmpeg, ffprobe, …) is not installed."""

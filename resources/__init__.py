@@ -84,13 +84,13 @@ class TorchDeviceResource(dg.ConfigurableResource):
     device: str = "auto"
 
     def torch_device(self) -> str:
-        import torch
+        from dagster_deepfake.errors import DeviceUnavailableError
+        from dagster_deepfake.models.inference import select_device
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise dg.Failure("device 'cuda' was configured but no CUDA device is available")
-        return self.device
+        try:
+            return select_device(self.device)
+        except DeviceUnavailableError as exc:
+            raise dg.Failure(str(exc)) from exc
 
 
 def default_resources(settings: Settings | None = None, config_path: str | None = None) -> dict[str, Any]:

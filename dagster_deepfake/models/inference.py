@@ -26,6 +26,20 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def select_device(requested: str = "auto") -> str:
+    """`platform.device` → a torch device string: `auto` takes CUDA when present, else the CPU.
+
+    Asking for CUDA where there is none is an error, never a silent fall-back to the CPU.
+    """
+    from dagster_deepfake.errors import DeviceUnavailableError
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceUnavailableError(f"device {requested!r} was configured but no CUDA device is available")
+    return requested
+
+
 def default_bf16(device: str | torch.device) -> bool:
     """Reduced precision by default: AMP on CUDA, bf16 autocast on CPUs with native bf16."""
     return torch.device(device).type == "cuda" or cpu_supports_bf16()
