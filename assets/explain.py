@@ -14,7 +14,6 @@ from assets.partitions import videos_partitions
 from dagster_deepfake import pipeline
 from dagster_deepfake.explain.agreement import modality_agreement
 from dagster_deepfake.explain.anomalies import find_audio_anomalies
-from dagster_deepfake.explain.gradcam import cam_to_frame, compute_saliency, overlay
 from dagster_deepfake.report import build_document
 from resources import (
     ArtifactStoreResource,
@@ -41,6 +40,8 @@ def saliency(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.explain.gradcam import cam_to_frame, compute_saliency, overlay  # heavy: torch
+
     video_id = context.partition_key
     s = settings.get()
     store = artifacts.store()

@@ -2,14 +2,12 @@
 
 import dagster as dg
 import numpy as np
-import torch
 
 from assets.common import image_md
 from assets.partitions import videos_partitions
 from assets.perception import aligned_faces, audio, optical_flow
 from dagster_deepfake import pipeline
 from dagster_deepfake.plots import line_plot_png
-from dagster_deepfake.scoring import score_video
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -33,6 +31,8 @@ def audio_embeddings(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    import torch  # heavy; see the module docstring
+
     video_id = context.partition_key
     store = artifacts.store()
     device = torch_device.torch_device()
@@ -75,6 +75,8 @@ def predictions(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.scoring import score_video  # heavy: torch + the model code
+
     video_id = context.partition_key
     s = settings.get()
     store = artifacts.store()

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from assets.common import image_md
 from dagster_deepfake import pipeline
-from dagster_deepfake.models.store import current_checkpoint_dir
+from dagster_deepfake.config import load_settings
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.training.manifests import manifest_hash, read_manifest
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
@@ -67,12 +68,32 @@ def dataset_manifest(artifacts: ArtifactStoreResource, postgres: PostgresResourc
     )
 
 
-def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]], str]:
+def _usable_rows(store) -> pd.DataFrame:
     with store.local_path(TRAINING_MANIFEST) as local:
         rows = pd.read_parquet(local)
-    usable = rows[rows["features_cached"]]
+    return rows[rows["features_cached"]]
+
+
+def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]], str]:
+    usable = _usable_rows(store)
     labels = {r.video_id: (int(r.label_int), str(r.method)) for r in usable.itertuples()}
     return list(usable.loc[usable["split"] == split, "video_id"]), labels, manifest_hash(usable)
+
+
+def _dataset_names(store, split: str) -> str:
+    """The registered datasets a split draws on, e.g. "synthetic-demo" (recorded in checkpoints)."""
+    usable = _usable_rows(store)
+    return ", ".join(sorted(set(usable.loc[usable["split"] == split, "dataset_name"])))
+
+
+class TrainingRunConfig(dg.Config):
+    """Launchpad config of one training run."""
+
+    training_config: str | None = Field(
+        default=None,
+        description="A settings YAML whose `model` and `training` sections replace the platform's for "
+        "this run, e.g. config/train-synthetic.yaml (the tiny model at lr 1e-3). Empty: the platform's.",
+    )
 
 
 @dg.asset(
@@ -85,13 +106,22 @@ def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]]
 )
 def trained_model(
     context: dg.AssetExecutionContext,
+    config: TrainingRunConfig,
     settings: SettingsResource,
     artifacts: ArtifactStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.models.store import current_checkpoint_dir
     from dagster_deepfake.training.loop import train_detector
 
     s = settings.get()
+    if config.training_config:
+        run_settings = load_settings(config.training_config)
+        s = s.model_copy(update={"model": run_settings.model, "training": run_settings.training})
+        context.log.info(
+            f"training config {config.training_config}: model {s.model.registry_config}, "
+            f"lr {s.training.learning_rate}, batch {s.training.batch_size}, epochs {s.training.epochs}"
+        )
     store = artifacts.store()
     train_ids, labels, data_hash = _split_ids(store, "train")
     val_ids, _, _ = _split_ids(store, "val")
@@ -102,7 +132,9 @@ def trained_model(
     from dagster_deepfake.models.registry import from_settings
     from dagster_deepfake.training.features import LRUFeatureSource
 
-    out_dir = Path(s.platform.model_dir) / "runs" / data_hash
+    detector_config = from_settings(s.model, s.training)
+    # One folder per (data, architecture): an interrupted run resumes, another model starts afresh.
+    out_dir = Path(s.platform.model_dir) / "runs" / f"{data_hash}-{detector_config.config_hash()}"
     source = LRUFeatureSource(pipeline.StoreFeatureSource(store, labels))
 
     def on_epoch(stats) -> None:
@@ -110,9 +142,22 @@ def trained_model(
             f"epoch {stats.epoch}: step {stats.step}, train loss {stats.train_loss:.4f}, "
             f"val AUC {stats.val_auc}, lr {stats.lr:.2e}, {stats.seconds:.1f}s"
         )
+        # One observation per epoch: the asset's Plots tab draws the curves while training runs.
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    "epoch": stats.epoch,
+                    "step": stats.step,
+                    "train_loss": dg.MetadataValue.float(float(stats.train_loss)),
+                    "val_auc": dg.MetadataValue.float(float(stats.val_auc or 0.0)),
+                    "lr": dg.MetadataValue.float(float(stats.lr)),
+                },
+            )
+        )
 
     result = train_detector(
-        from_settings(s.model, s.training),
+        detector_config,
         train_ids,
         val_ids,
         source,
@@ -121,6 +166,7 @@ def trained_model(
         device=torch_device.torch_device(),
         on_epoch=on_epoch,
         training_data_hash=data_hash,
+        training_data=_dataset_names(store, "train"),
         frame_rate=s.data.frame_rate,
     )
     current = current_checkpoint_dir(s.platform.model_dir)
@@ -147,6 +193,7 @@ def trained_model(
             "train_videos": len(train_ids),
             "val_videos": len(val_ids),
             "training_data_hash": data_hash,
+            "trained_on": _dataset_names(store, "train"),
             "checkpoint": dg.MetadataValue.path(str(current)),
             "curves": dg.MetadataValue.md(image_md(plot, "loss and AUC", "image/png")),
         }
@@ -162,6 +209,7 @@ def trained_model(
 def calibration(
     settings: SettingsResource, artifacts: ArtifactStoreResource, torch_device: TorchDeviceResource
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.models.store import current_checkpoint_dir
     from dagster_deepfake.training.calibrate import calibrate_checkpoint
 
     s = settings.get()
@@ -197,6 +245,7 @@ def evaluation(
     postgres: PostgresResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.models.store import current_checkpoint_dir
     from dagster_deepfake.training.evaluate import evaluate_checkpoint
 
     s = settings.get()

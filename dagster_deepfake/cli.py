@@ -50,6 +50,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         )
         print(f"wrote {len(frame)} clips and {out / 'manifest.csv'}")
         print(frame.groupby(["split", "label"]).size().to_string())
+        print(
+            "next: dagster-deepfake register-dataset --kind csv "
+            f"--root {out / 'manifest.csv'} --name synthetic-{args.n}"
+        )
         return 0
     clip = generate_clip(
         out / f"synthetic_{args.seed:04d}.mp4",
@@ -69,44 +73,82 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dagster_deepfake.demo import run_demo
 
-    return run_demo(config_path=args.config, timeout_s=args.timeout, with_shared=not args.no_shared)
+    return run_demo(
+        config_path=args.config,
+        timeout_s=args.timeout,
+        with_shared=not args.no_shared,
+        train_videos=args.train_videos,
+    )
 
 
 def _cmd_register_dataset(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from dagster_deepfake.config import load_settings
-    from dagster_deepfake.datasets import register_manifest
-    from dagster_deepfake.storage.artifacts import ArtifactStore
-    from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
-    from dagster_deepfake.training.manifests import load_manifest, manifest_hash, write_manifest
+    from dagster_deepfake.datasets import register_dataset
 
     settings = load_settings(args.config)
-    p = settings.platform
-    manifest = load_manifest(args.kind, args.root)
-    name = args.name or f"{args.kind}-{manifest_hash(manifest)}"
-    store = ArtifactStore(p.artifact_root)
-    manifest_path = store.path(f"datasets/{name}/manifest.parquet")
-    write_manifest(manifest, manifest_path)
-    db = ResultsDB(p.postgres_url or embedded_postgres_url(p.postgres_data_dir))
-    db.create_schema()
     with Progress() as progress:
-        task = progress.add_task(f"hashing {len(manifest)} videos", total=len(manifest))
-        reg = register_manifest(
-            db, manifest, dataset_name=name, on_progress=lambda n: progress.advance(task, n)
+        task = progress.add_task("hashing videos", total=None)
+        reg = register_dataset(
+            settings,
+            args.kind,
+            args.root,
+            name=args.name,
+            on_start=lambda n: progress.update(task, total=n, description=f"hashing {n} videos"),
+            on_progress=lambda n: progress.advance(task, n),
         )
     from dagster_deepfake.definitions import add_partitions_to_instance
 
     added = add_partitions_to_instance(reg.video_ids, batch_size=args.batch_size)
-    print(f"dataset {name}: {len(manifest)} rows, {len(reg.video_ids)} videos, {added} new partitions")
+    manifest = reg.manifest
+    assert manifest is not None
+    print(f"dataset {reg.name}: {len(manifest)} rows, {len(reg.video_ids)} videos, {added} new partitions")
     print(f"  splits: {manifest.groupby(['split', 'label']).size().to_dict()}")
-    print(f"  manifest: {manifest_path}")
+    print(f"  manifest: {reg.manifest_path}")
     if reg.duplicates:
         print(f"  {reg.duplicates} rows repeat another row's bytes (one partition each)")
     if reg.missing:
         print(f"  {len(reg.missing)} paths are missing, e.g. {reg.missing[:3]}")
     print("the dataset_backfill_sensor requests their runs (watch them with `make dagit`)")
+    print("then train: dagster-deepfake train [--training-config config/train-synthetic.yaml]")
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dagster_deepfake.definitions import run_training
+
+    print(f"running train_calibrate_evaluate (training config: {args.training_config or 'the platform'})")
+    ok, metadata = run_training(args.training_config)
+    if not ok:
+        err = metadata.get("error", {})
+        print(f"error: training failed in {err.get('step')}: {err.get('message')}", file=sys.stderr)
+        return 1
+    print(format_training_summary(metadata))
+    return 0
+
+
+def format_training_summary(metadata: dict[str, dict[str, object]]) -> str:
+    """The few numbers a person wants after training: AUC, calibration, where the weights are."""
+    train = metadata.get("trained_model", {})
+    cal = metadata.get("calibration", {})
+    ev = metadata.get("evaluation", {})
+
+    def num(x: object) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    return "\n".join(
+        [
+            f"trained on {train.get('trained_on')}: {train.get('train_videos')} train / "
+            f"{train.get('val_videos')} val videos, {train.get('epochs')} epochs, "
+            f"best val AUC {num(train.get('best_val_auc'))}",
+            f"calibration: T = {num(cal.get('temperature'))}, val ECE {num(cal.get('ece_before'))} → "
+            f"{num(cal.get('ece_after'))}",
+            f"test ({ev.get('test_videos')} videos): AUC {num(ev.get('auc'))}, accuracy "
+            f"{num(ev.get('accuracy'))}, FPR@0.5 {num(ev.get('fpr_at_0.5'))}, EER {num(ev.get('eer'))}",
+            f"checkpoint: {train.get('checkpoint')} (serves predictions from now on)",
+        ]
+    )
 
 
 def _cmd_model_describe(args: argparse.Namespace) -> int:
@@ -133,6 +175,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.resolutions,
             "--model",
             args.model,
+            "--ensemble-size",
+            str(args.ensemble_size),
+            "--throughput-clips",
+            str(args.throughput_clips),
         ]
     )
 
@@ -213,7 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="drop sample videos into the local bucket, let the sensor run them through Dagster, print a summary",
     )
-    p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything")
+    p.add_argument(
+        "--train-videos",
+        type=int,
+        default=30,
+        help="synthetic clips to train the tiny model on first (0: skip training, serve untrained weights)",
+    )
     p.add_argument("--no-shared", action="store_true", help="skip the sample clips in ../shared/media")
     p.set_defaults(func=_cmd_demo)
 
@@ -238,11 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="partitions per add request")
     p.set_defaults(func=_cmd_register_dataset)
 
+    p = sub.add_parser(
+        "train",
+        help="run train_calibrate_evaluate on the registered datasets' cached features (recorded in Dagster)",
+    )
+    p.add_argument(
+        "--training-config",
+        default=None,
+        help="YAML whose model/training sections apply to this run (e.g. config/train-synthetic.yaml)",
+    )
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("bench", help="per-stage timings, peak memory and the decode floor on synthetic clips")
     p.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
     p.add_argument("--durations", default="10,30,60", help="clip lengths in seconds")
     p.add_argument("--resolutions", default="240p,720p,1080p")
     p.add_argument("--model", default="contract", help="registry config to benchmark")
+    p.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=5,
+        help="also time the 30 s 720p clip with this ensemble (1: skip)",
+    )
+    p.add_argument(
+        "--throughput-clips",
+        type=int,
+        default=20,
+        help="clips for in-process vs Dagster-daemon throughput (0: skip)",
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from dagster_deepfake.config import Settings
+from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
-from dagster_deepfake.storage.postgres import ResultsDB
+from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,39 @@ class DatasetRegistration:
     video_ids: list[str]
     duplicates: int  # rows whose bytes equal another row's (same partition)
     missing: list[str]  # paths that do not exist
+    name: str = ""
+    manifest_path: str = ""
+    manifest: pd.DataFrame | None = None
+
+
+def register_dataset(
+    settings: Settings,
+    kind: str,
+    root: str | Path,
+    *,
+    name: str | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> DatasetRegistration:
+    """Parse a dataset (ffpp | celebdf | csv), store its manifest and record every video and job.
+
+    The manifest lands at `<artifact_root>/datasets/<name>/manifest.parquet`, where the
+    `dataset_manifest` asset finds every registered dataset. The caller adds the partitions.
+    """
+    from dagster_deepfake.training.manifests import load_manifest, manifest_hash, write_manifest
+
+    p = settings.platform
+    manifest = load_manifest(kind, root)  # type: ignore[arg-type]
+    name = name or f"{kind}-{manifest_hash(manifest)}"
+    store = ArtifactStore(p.artifact_root)
+    manifest_path = store.path(f"datasets/{name}/manifest.parquet")
+    write_manifest(manifest, manifest_path)
+    db = ResultsDB(p.postgres_url or embedded_postgres_url(p.postgres_data_dir))
+    db.create_schema()
+    if on_start:
+        on_start(len(manifest))
+    reg = register_manifest(db, manifest, dataset_name=name, on_progress=on_progress)
+    return DatasetRegistration(reg.video_ids, reg.duplicates, reg.missing, name, str(manifest_path), manifest)
 
 
 def register_manifest(

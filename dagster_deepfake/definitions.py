@@ -26,6 +26,15 @@ PER_VIDEO_ASSETS = [
     explain.saliency,
     explain.report,
 ]
+# What training reads (faces, flow, audio): a dataset backfill stops here, because a verdict
+# from the model being trained is worth nothing and costs most of a run.
+FEATURE_ASSETS = [
+    ingest.raw_video,
+    ingest.frames,
+    perception.aligned_faces,
+    perception.optical_flow,
+    perception.audio,
+]
 ASSET_CHECKS = [perception.face_coverage_check]
 TRAINING_ASSETS = [
     training.dataset_manifest,
@@ -53,15 +62,26 @@ analyze_video_job = dg.define_asset_job(
 )
 
 
+extract_features_job = dg.define_asset_job(
+    name="extract_features",
+    selection=dg.AssetSelection.assets(*FEATURE_ASSETS),
+    partitions_def=videos_partitions,
+    description="The feature stages only (probe, frames, faces, flow, audio) for one dataset video: "
+    "what `train_calibrate_evaluate` reads. Requested by the dataset backfill sensor.",
+    tags={"dagster/max_retries": "1"},
+    executor_def=dg.in_process_executor,
+)
+
+
 def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = load_settings(config_path)
     return dg.Definitions(
         assets=[*PER_VIDEO_ASSETS, *TRAINING_ASSETS],
         asset_checks=ASSET_CHECKS,
-        jobs=[analyze_video_job, train_job],
+        jobs=[analyze_video_job, extract_features_job, train_job],
         sensors=[
             build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
-            build_dataset_backfill_sensor(analyze_video_job),
+            build_dataset_backfill_sensor(extract_features_job),
             job_failure_recorder,
             job_success_recorder,
         ],
@@ -76,3 +96,43 @@ def add_partitions_to_instance(keys: list[str], batch_size: int = 1000) -> int:
     """Add video partitions to the instance at $DAGSTER_HOME (used by `register-dataset`)."""
     with dg.DagsterInstance.get() as instance:
         return add_video_partitions(instance, keys, batch_size=batch_size)
+
+
+def run_training(training_config: str | None = None) -> tuple[bool, dict[str, dict[str, object]]]:
+    """Run `train_calibrate_evaluate` in this process on the instance at $DAGSTER_HOME.
+
+    The run is recorded like any other (it shows in the UI with its logs and per-epoch curves).
+    Returns whether it succeeded and each training asset's materialization metadata, as plain
+    values; a failure's reason is in the second value under "error".
+    """
+    run_config = {
+        "ops": {"trained_model": {"config": {"training_config": training_config}}},
+        # The console shows the epochs (INFO), not every engine event (DEBUG); the UI keeps all.
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+    }
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(train_job.name).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False
+        )
+    metadata: dict[str, dict[str, object]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    if not result.success:
+        failures = [
+            e.step_failure_data.error for e in result.get_step_failure_events() if e.step_failure_data
+        ]
+        metadata["error"] = {
+            "step": ", ".join(e.step_key or "?" for e in result.get_step_failure_events()),
+            "message": failures[0].message.strip() if failures and failures[0] else "see the run in the UI",
+        }
+    return result.success, metadata
+
+
+def run_durations(job_name: str) -> list[float]:
+    """Wall seconds (start → end) of every successful run of `job_name` on $DAGSTER_HOME's instance."""
+    with dg.DagsterInstance.get() as instance:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.SUCCESS])
+        )
+    return [r.end_time - r.start_time for r in records if r.start_time and r.end_time]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-from matplotlib.figure import Figure
-
 
 def line_plot_png(
     x: Sequence[float],
@@ -20,6 +18,8 @@ def line_plot_png(
     spans: Sequence[tuple[float, float]] = (),
 ) -> bytes:
     """A compact line plot (640×200 px) as PNG bytes; `spans` are shaded x-ranges (e.g. speech)."""
+    from matplotlib.figure import Figure  # ~0.8 s at import; only plotting steps pay it
+
     fig = Figure(figsize=(6.4, 2.0), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for start, end in spans:

@@ -58,7 +58,7 @@ class ScoredVideo:
     pretrained: dict[str, bool]
     trained: bool
     weights: str
-    training_data_hash: str | None
+    trained_on: str | None  # the checkpoint's `trained_on`: datasets in words + data hash
     audio_used: bool
     frames_analyzed: int
     precision: str
@@ -84,7 +84,7 @@ class ScoredVideo:
             "modalities": self.modalities,
             "pretrained": self.pretrained,
             "trained": self.trained,
-            "trained_on": self.training_data_hash,
+            "trained_on": self.trained_on,
         }
 
 
@@ -162,7 +162,7 @@ def score_video(
         },
         trained=all(m.trained for m in manifests),
         weights="trained" if all(m.trained for m in manifests) else "untrained",
-        training_data_hash=manifest.training_data_hash,
+        trained_on=manifest.trained_on,
         audio_used=first.audio_used,
         frames_analyzed=first.num_faces,
         precision=first.precision,

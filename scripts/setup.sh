@@ -49,5 +49,6 @@ if [ ! -f "$stamp" ]; then
 fi
 
 mkdir -p .dagster_home .bucket/uploads .artifacts
-[ -f .dagster_home/dagster.yaml ] || cp deploy/dagster.local.yaml .dagster_home/dagster.yaml
+# The instance file follows its template (edit deploy/dagster.local.yaml, not the copy).
+cmp -s deploy/dagster.local.yaml .dagster_home/dagster.yaml || cp deploy/dagster.local.yaml .dagster_home/dagster.yaml
 echo "==> setup done in $(( $(date +%s) - t0 )) s"

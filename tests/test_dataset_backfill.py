@@ -8,14 +8,22 @@ import dagster as dg
 import pandas as pd
 
 from dagster_deepfake.datasets import register_manifest
-from dagster_deepfake.definitions import analyze_video_job
+from dagster_deepfake.definitions import (
+    ASSET_CHECKS,
+    FEATURE_ASSETS,
+    PER_VIDEO_ASSETS,
+    extract_features_job,
+)
+from dagster_deepfake.pipeline import StoreFeatureSource
+from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
+from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources
 from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 
 
 def _tick(instance, resources, cursor=None, batch_size=2):
-    sensor = build_dataset_backfill_sensor(analyze_video_job, batch_size=batch_size)
+    sensor = build_dataset_backfill_sensor(extract_features_job, batch_size=batch_size)
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
         return sensor(ctx)
 
@@ -51,3 +59,35 @@ def test_register_and_backfill_in_batches(settings, db, ffmpeg_video, tmp_path):
     assert requested == expected  # registration order, two per tick, nothing twice
     assert isinstance(third, dg.SkipReason)
     assert {r.tags["dagster-deepfake/dataset"] for r in first.run_requests} == {"toy"}
+
+
+def test_dataset_videos_run_the_feature_stages_only(settings, db, tmp_path):
+    """A dataset video's run caches exactly what training reads and asks no verdict of the model."""
+    clip = tmp_path / "lipsync.mp4"
+    generate_clip(clip, seed=7, duration=2.0, width=320, height=240, audio="speech", manipulation="lip_sync")
+    manifest = pd.DataFrame({"path": [str(clip)], "label": ["fake"], "split": ["train"]})
+    (video_id,) = register_manifest(db, manifest, dataset_name="toy").video_ids
+    instance = dg.DagsterInstance.ephemeral()
+    add_video_partitions(instance, [video_id])
+
+    sensor_job = build_dataset_backfill_sensor(extract_features_job).job_name
+    assert sensor_job == "extract_features"
+    defs = dg.Definitions(
+        assets=PER_VIDEO_ASSETS,
+        asset_checks=ASSET_CHECKS,
+        jobs=[extract_features_job],
+        resources=default_resources(settings),
+    )
+    result = defs.resolve_job_def("extract_features").execute_in_process(
+        partition_key=video_id, instance=instance
+    )
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {a.key.to_user_string() for a in FEATURE_ASSETS}
+    assert db.get_prediction(video_id) is None
+
+    features = StoreFeatureSource(
+        ArtifactStore(settings.platform.artifact_root), {video_id: (1, "lip_sync")}
+    ).load(video_id)
+    assert features.label_int == 1 and features.crops.shape[0] == len(features.flow) > 0
+    assert features.waveform is not None and features.waveform.shape[0] > 16000

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 #: ArcFace reference landmarks for a 112x112 crop, `LANDMARK_NAMES` order (x, y).
 ARCFACE_TEMPLATE_112 = np.array(
@@ -54,6 +53,9 @@ def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.nda
     src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     if not np.isfinite(src).all():
         raise ValueError("landmarks contain NaN or inf")
+    # Imported here: scikit-image costs ~0.4 s at import, paid by every Dagster run process.
+    from skimage.transform import SimilarityTransform
+
     transform = SimilarityTransform.from_estimate(src, canonical_landmarks(size).astype(np.float64))
     if not transform:
         raise ValueError(f"cannot fit a similarity transform to landmarks {src.tolist()}")

@@ -35,6 +35,9 @@ class CheckpointManifest(BaseModel):
     trained: bool = False
     temperature: float = Field(1.0, gt=0)
     training_data_hash: str | None = None
+    # What the weights were trained on, in words (the registered dataset names, e.g.
+    # "synthetic-demo"): reports say "trained on …" so synthetic-only training is never hidden.
+    training_data: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -49,6 +52,14 @@ class CheckpointManifest(BaseModel):
             config_hash=config.config_hash(),
             **fields,
         )
+
+    @property
+    def trained_on(self) -> str | None:
+        """'<datasets> (data <hash>)' for a trained checkpoint, else None."""
+        if not self.trained:
+            return None
+        short = (self.training_data_hash or "unknown")[:12]
+        return f"{self.training_data} (data {short})" if self.training_data else f"data {short}"
 
     @property
     def weights_label(self) -> str:

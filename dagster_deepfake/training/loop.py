@@ -186,6 +186,7 @@ def train_detector(
     on_epoch: Callable[[EpochStats], bool | None] | None = None,
     resume: bool = True,
     training_data_hash: str | None = None,
+    training_data: str | None = None,
     clip_frames: int = 10,
     frame_rate: float = 5.0,
     pretrained: bool = True,
@@ -205,6 +206,7 @@ def train_detector(
             False stops training (the run can be resumed later).
         resume: continue from `out_dir/last/` when it holds a state of the same model config.
         training_data_hash: the training manifest's hash, recorded in every checkpoint.
+        training_data: what the data is, in words (dataset names), recorded beside the hash.
         clip_frames: faces per training clip (2 windows of 5 at 5 FPS by default).
         pretrained: start from published backbone weights where available (falls back loudly).
         image_size: side of the augmented faces (default `model.video.input_size`, 224: the
@@ -342,7 +344,7 @@ def train_detector(
             stats.seconds,
         )
 
-        manifest = _manifest(model, flags, training_data_hash, stats)
+        manifest = _manifest(model, flags, training_data_hash, training_data, stats)
         if _is_better(stats, best):
             best = stats
             save_checkpoint(best_dir, model, manifest)
@@ -369,7 +371,11 @@ def train_detector(
 
 
 def _manifest(
-    model: DeepfakeDetector, flags: PretrainedFlags, data_hash: str | None, stats: EpochStats
+    model: DeepfakeDetector,
+    flags: PretrainedFlags,
+    data_hash: str | None,
+    data_description: str | None,
+    stats: EpochStats,
 ) -> CheckpointManifest:
     config = model.config
     metrics = {"epoch": float(stats.epoch), "step": float(stats.step), "train_loss": stats.train_loss}
@@ -383,6 +389,7 @@ def _manifest(
         pretrained=flags,
         trained=True,
         training_data_hash=data_hash,
+        training_data=data_description,
         metrics=metrics,
     )
 
