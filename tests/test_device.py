@@ -63,3 +63,12 @@ def test_autocast_context_changes_dtype_only_when_enabled():
     with autocast_context("cpu", enabled=True):
         assert (a @ b).dtype == torch.bfloat16
     assert (a @ b).dtype == torch.float32  # and nothing leaks out of the block
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_not_onednn():
+    # oneDNN also reports bf16 "supported" on plain AVX-512, where it is emulated and slower.
+    plain_avx512 = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni\n"
+    assert inference.cpu_supports_bf16(plain_avx512) is False
+    assert inference.cpu_supports_bf16(plain_avx512.replace("avx512_vnni", "avx512_bf16")) is True
+    assert inference.cpu_supports_bf16("flags\t\t: avx512f amx_tile amx_bf16\n") is True
+    assert inference.cpu_supports_bf16("Features\t: fp asimd sve bf16 i8mm\n") is True  # Arm
