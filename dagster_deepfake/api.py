@@ -46,7 +46,7 @@ from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import InvalidVideoError
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.report import AnomalousFrame, JobStatus, ResultDocument
-from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.keys import PARTITION_KEY_RE, partition_key_for_sha256
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
@@ -131,11 +131,7 @@ class ApiContext:
 
 
 def _s3_options(settings: Settings, url: str) -> dict[str, Any]:
-    p = settings.platform
-    if not url.startswith("s3://"):
-        return {}
-    client = {k: v for k, v in {"endpoint_url": p.s3_endpoint_url, "region_name": p.s3_region}.items() if v}
-    return {"client_kwargs": client} if client else {}
+    return s3_storage_options(url, settings.platform.s3_endpoint_url, settings.platform.s3_region)
 
 
 def _context(request: Request) -> ApiContext:

@@ -7,6 +7,7 @@ dataset, label and split, and gets a queued job. The Dagster layer then adds the
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dagster_deepfake.config import Settings
-from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
 
@@ -49,9 +50,13 @@ def register_dataset(
     p = settings.platform
     manifest = load_manifest(kind, root)  # type: ignore[arg-type]
     name = name or f"{kind}-{manifest_hash(manifest)}"
-    store = ArtifactStore(p.artifact_root)
-    manifest_path = store.path(f"datasets/{name}/manifest.parquet")
-    write_manifest(manifest, manifest_path)
+    store = ArtifactStore(
+        p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
+    )
+    relpath = f"datasets/{name}/manifest.parquet"
+    with tempfile.TemporaryDirectory(prefix="ddf-manifest-") as tmp:  # local or S3 alike
+        store.write_bytes(relpath, write_manifest(manifest, Path(tmp) / "manifest.parquet").read_bytes())
+    manifest_path = store.full_url(relpath)
     db = ResultsDB(p.postgres_url or embedded_postgres_url(p.postgres_data_dir))
     db.create_schema()
     if on_start:

@@ -6,18 +6,9 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from dagster_deepfake.config import Settings, load_settings
-from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
-
-
-def _s3_options(endpoint_url: str | None, region: str | None) -> dict[str, Any]:
-    client: dict[str, Any] = {}
-    if endpoint_url:
-        client["endpoint_url"] = endpoint_url
-    if region:
-        client["region_name"] = region
-    return {"client_kwargs": client} if client else {}
 
 
 class SettingsResource(dg.ConfigurableResource):
@@ -46,8 +37,7 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     s3_region: str | None = None
 
     def store(self) -> ArtifactStore:
-        options = _s3_options(self.s3_endpoint_url, self.s3_region) if self.root.startswith("s3://") else {}
-        return ArtifactStore(self.root, options)
+        return ArtifactStore(self.root, s3_storage_options(self.root, self.s3_endpoint_url, self.s3_region))
 
 
 class UploadBucketResource(dg.ConfigurableResource):
@@ -59,7 +49,7 @@ class UploadBucketResource(dg.ConfigurableResource):
     s3_region: str | None = None
 
     def bucket(self) -> UploadBucket:
-        options = _s3_options(self.s3_endpoint_url, self.s3_region) if self.uri.startswith("s3://") else {}
+        options = s3_storage_options(self.uri, self.s3_endpoint_url, self.s3_region)
         return UploadBucket(self.uri, self.suffixes, options)
 
 

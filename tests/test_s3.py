@@ -415,3 +415,27 @@ def test_ingest_assets_from_s3_upload_into_s3_artifacts(
     )
     assert _all_keys(s3, uploads) == [key]  # the upload is read, never moved or rewritten
     assert set(os.listdir(tmp_path)) == before  # and nothing landed on the local disk
+
+
+def test_register_dataset_stores_its_manifest_in_an_s3_artifact_root(
+    s3, s3_endpoint, new_bucket, pg_url, db: ResultsDB, ffmpeg_video, tmp_path
+):
+    from dagster_deepfake.datasets import register_dataset
+    from dagster_deepfake.training.manifests import read_manifest
+
+    uploads, artifacts = new_bucket(), new_bucket()
+    clips = [ffmpeg_video(f"c{i}.mp4", duration=1.0 + 0.1 * i, audio=False) for i in range(2)]
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"path,label,split\n{clips[0]},real,train\n{clips[1]},fake,val\n")
+    settings = _s3_settings(f"s3://{uploads}/in", f"s3://{artifacts}/root", s3_endpoint, pg_url)
+
+    reg = register_dataset(settings, "csv", csv, name="toy")
+
+    assert reg.manifest_path == f"s3://{artifacts}/root/datasets/toy/manifest.parquet"
+    assert _all_keys(s3, artifacts) == ["root/datasets/toy/manifest.parquet"]
+    with ArtifactStore(f"s3://{artifacts}/root", _options(s3_endpoint)).local_path(
+        "datasets/toy/manifest.parquet"
+    ) as local:
+        stored = read_manifest(local)
+    assert stored["label"].tolist() == ["real", "fake"] and stored["split"].tolist() == ["train", "val"]
+    assert [db.get_video(v)["dataset"] for v in reg.video_ids] == ["toy", "toy"]

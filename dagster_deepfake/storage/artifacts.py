@@ -33,6 +33,14 @@ from dagster_deepfake.storage.keys import require_partition_key
 from dagster_deepfake.storage.schemas import TableSpec, get_table_spec
 
 
+def s3_storage_options(url: str, endpoint_url: str | None, region: str | None) -> dict[str, Any]:
+    """fsspec options for an s3:// URL (endpoint for MinIO/moto, region); {} for anything else."""
+    if not url.startswith("s3://"):
+        return {}
+    client = {k: v for k, v in {"endpoint_url": endpoint_url, "region_name": region}.items() if v}
+    return {"client_kwargs": client} if client else {}
+
+
 def _check_relpath(relpath: str) -> str:
     parts = relpath.replace("\\", "/").split("/")
     if relpath.startswith("/") or any(p in ("", ".", "..") for p in parts):
