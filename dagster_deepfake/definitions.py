@@ -85,7 +85,9 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
             job_failure_recorder,
             job_success_recorder,
         ],
-        resources=default_resources(settings, config_path),
+        # No settings object here: the run process reads the file and the environment itself,
+        # so no secret from the environment is copied into resource config the UI displays.
+        resources=default_resources(None, config_path),
     )
 
 

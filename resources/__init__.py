@@ -1,5 +1,6 @@
 """Dagster resources: thin `ConfigurableResource` wrappers around the library's storage and devices."""
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -9,6 +10,8 @@ from dagster_deepfake.config import Settings, load_settings
 from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+
+POSTGRES_URL_ENV = "DAGSTER_DEEPFAKE_POSTGRES_URL"
 
 
 class SettingsResource(dg.ConfigurableResource):
@@ -83,6 +86,14 @@ class TorchDeviceResource(dg.ConfigurableResource):
             raise dg.Failure(str(exc)) from exc
 
 
+def _postgres_url(url: str | None) -> Any:
+    """The results DB URL as Dagster should hold it: an EnvVar when it came from the environment,
+    so that the UI's resource page and run snapshots show the variable's name, not the password."""
+    if url and os.environ.get(POSTGRES_URL_ENV) == url:
+        return dg.EnvVar(POSTGRES_URL_ENV)
+    return url
+
+
 def default_resources(settings: Settings | None = None, config_path: str | None = None) -> dict[str, Any]:
     """Resources bound to `settings` (default: the settings file): what `definitions.py` and the tests use."""
     s = settings or load_settings(config_path)
@@ -100,7 +111,7 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
             s3_endpoint_url=p.s3_endpoint_url,
             s3_region=p.s3_region,
         ),
-        "postgres": PostgresResource(url=p.postgres_url, data_dir=p.postgres_data_dir),
+        "postgres": PostgresResource(url=_postgres_url(p.postgres_url), data_dir=p.postgres_data_dir),
         "torch_device": TorchDeviceResource(device=p.device),
         "model_store": ModelStoreResource(
             checkpoint=p.checkpoint,
