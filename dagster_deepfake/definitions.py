@@ -121,13 +121,18 @@ def run_training(training_config: str | None = None) -> tuple[bool, dict[str, di
         mat = event.materialization
         metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
     if not result.success:
-        failures = [
-            e.step_failure_data.error for e in result.get_step_failure_events() if e.step_failure_data
-        ]
-        metadata["error"] = {
-            "step": ", ".join(e.step_key or "?" for e in result.get_step_failure_events()),
-            "message": failures[0].message.strip() if failures and failures[0] else "see the run in the UI",
-        }
+        events = result.get_step_failure_events()
+        error = events[0].step_failure_data.error if events and events[0].step_failure_data else None
+        while (
+            error is not None
+            and error.cause is not None
+            and error.cls_name == "DagsterExecutionStepExecutionError"
+        ):
+            error = error.cause  # Dagster's wrapper; the cause is what the asset raised
+        message = error.message.strip() if error else f"run {result.run_id} failed; see it in the UI"
+        if error is not None and error.cls_name == "Failure":  # our own words: drop the class path
+            message = message.split(": ", 1)[-1]
+        metadata["error"] = {"step": ", ".join(e.step_key or "?" for e in events) or "?", "message": message}
     return result.success, metadata
 
 

@@ -150,7 +150,7 @@ def _train_on_synthetic(
     added = add_partitions_to_instance(reg.video_ids)
     console.print(
         f"[bold]registered[/] dataset {reg.name}: {len(reg.video_ids)} videos ({added} new partitions); "
-        "the dataset_backfill_sensor runs them through the per-video assets …"
+        "the dataset_backfill_sensor extracts their features (job extract_features) …"
     )
     names = {vid: f"{DEMO_DATASET}/{i}" for i, vid in enumerate(reg.video_ids)}
     states = _wait_for_jobs(db, names, daemon, deadline, t0, verbose=False)
