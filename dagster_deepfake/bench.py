@@ -8,8 +8,8 @@ Two more measurements follow the per-clip table:
   same config, random weights with other seeds unless real ones sit in the model folder).
 - throughput: 20 short clips (5 s, 240p) analysed in one process (models loaded once) and the same 20
   dropped into a bucket and run by the Dagster daemon through the upload sensor, one run per
-  video, one run at a time (on 2 cores two runs at once only share the CPU: measured 40 s per
-  run against 15 s alone). The per-run overhead is a run's mean wall time (start → end: process
+  video, one run at a time (on 2 cores two runs at once only share the CPU: in a two-clip
+  trial a run took 41 s against 15 s one at a time). The per-run overhead is a run's mean wall time (start → end: process
   start, imports, model load, step bookkeeping) minus the in-process seconds per clip; the wall
   figure adds the sensor's and the queue's latency.
 
