@@ -12,7 +12,7 @@ from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
 from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
-from sensors.job_status import job_failure_recorder, job_success_recorder
+from sensors.job_status import job_failure_recorder, job_success_recorder, step_error
 from sensors.uploads import build_upload_sensor
 
 PER_VIDEO_ASSETS = [
@@ -122,13 +122,7 @@ def run_training(training_config: str | None = None) -> tuple[bool, dict[str, di
         metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
     if not result.success:
         events = result.get_step_failure_events()
-        error = events[0].step_failure_data.error if events and events[0].step_failure_data else None
-        while (
-            error is not None
-            and error.cause is not None
-            and error.cls_name == "DagsterExecutionStepExecutionError"
-        ):
-            error = error.cause  # Dagster's wrapper; the cause is what the asset raised
+        error = step_error(events[0]) if events else None
         message = error.message.strip() if error else f"run {result.run_id} failed; see it in the UI"
         if error is not None and error.cls_name == "Failure":  # our own words: drop the class path
             message = message.split(": ", 1)[-1]

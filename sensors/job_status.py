@@ -1,25 +1,36 @@
 """Keep the `jobs` table honest when a run dies outside an asset's own error handling."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from dagster_deepfake.storage.keys import is_partition_key
 from resources import PostgresResource
 
+if TYPE_CHECKING:
+    from dagster._utils.error import SerializableErrorInfo
+
+
+def step_error(event: dg.DagsterEvent) -> "SerializableErrorInfo | None":
+    """What a failed step's asset raised, without Dagster's step-execution wrapper around it."""
+    data = event.step_failure_data
+    error = data.error if data else None
+    while (
+        error is not None
+        and error.cause is not None
+        and error.cls_name == "DagsterExecutionStepExecutionError"
+    ):
+        error = error.cause
+    return error
+
 
 def _failure_reason(context: dg.RunFailureSensorContext) -> str:
     """The failed steps' own errors (what the asset raised), else the run's summary."""
-    reasons = []
-    for event in context.get_step_failure_events():
-        data = event.step_failure_data
-        error = data.error if data else None
-        while (
-            error is not None
-            and error.cause is not None
-            and error.cls_name == "DagsterExecutionStepExecutionError"
-        ):
-            error = error.cause  # Dagster's wrapper; the cause is what the asset raised
-        if error is not None:
-            reasons.append(f"{event.step_key}: {error.message.strip()}")
+    reasons = [
+        f"{event.step_key}: {error.message.strip()}"
+        for event in context.get_step_failure_events()
+        if (error := step_error(event)) is not None
+    ]
     return "; ".join(reasons) or context.failure_event.message or "run failed"
 
 
