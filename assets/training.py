@@ -157,6 +157,7 @@ def trained_model(
             )
         )
 
+    trained_on = _dataset_names(store, "train")
     result = train_detector(
         detector_config,
         train_ids,
@@ -167,7 +168,7 @@ def trained_model(
         device=torch_device.torch_device(),
         on_epoch=on_epoch,
         training_data_hash=data_hash,
-        training_data=_dataset_names(store, "train"),
+        training_data=trained_on,
         frame_rate=s.data.frame_rate,
     )
     current = current_checkpoint_dir(s.platform.model_dir)
@@ -194,7 +195,7 @@ def trained_model(
             "train_videos": len(train_ids),
             "val_videos": len(val_ids),
             "training_data_hash": data_hash,
-            "trained_on": _dataset_names(store, "train"),
+            "trained_on": trained_on,
             "checkpoint": dg.MetadataValue.path(str(current)),
             "curves": dg.MetadataValue.md(image_md(plot, "loss and AUC", "image/png")),
         }
