@@ -29,7 +29,7 @@ def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
 
     oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) also says yes on plain
     AVX-512, where bf16 is emulated: measured on such a 2-core Xeon, the contract model took
-    16.6 s in emulated bf16 against ~5 s in fp32 for 150 faces + 30 s of audio. So the flags
+    16.6 s in emulated bf16 against 11.7 s in fp32 for 150 faces + 30 s of audio. So the flags
     decide; without /proc/cpuinfo the answer is no (fp32, never the slow path).
     """
     if cpuinfo is None:
