@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +91,30 @@ def settings(tmp_path: Path, pg_url: str, db: ResultsDB) -> Settings:
         postgres_url=pg_url,
         upload_settle_seconds=0,
     )
+
+
+@contextlib.contextmanager
+def serving_api(settings: Settings, token: str | None = None) -> Iterator[str]:
+    """The real API under uvicorn on a free loopback port, in a thread; yields its base URL and
+    checks on the way out that the server stopped."""
+    from dagster_deepfake.api import build_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = build_server(settings, "127.0.0.1", port, token=token, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def shared_clip(name: str) -> Path:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.keys import partition_key_for_sha256
 from dagster_deepfake.storage.postgres import ResultsDB, videos
+from tests.conftest import serving_api
 
 TOKEN = "test-token-7f3a9c"
 
@@ -437,18 +435,7 @@ def test_serving_beyond_loopback_needs_a_token(settings: Settings) -> None:
 
 
 def test_real_http_upload_through_uvicorn(settings: Settings, db: ResultsDB, media: dict[str, Path]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = build_server(settings, "127.0.0.1", port, token=TOKEN, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+    with serving_api(settings, token=TOKEN) as base:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with open(media["clip"], "rb") as fh:
             response = httpx.post(
@@ -461,8 +448,4 @@ def test_real_http_upload_through_uvicorn(settings: Settings, db: ResultsDB, med
         job = httpx.get(f"{base}{response.json()['links']['self']}", headers=headers, timeout=10).json()
         assert job["status"] == "queued" and job["file_name"] == "clip.mp4"
         assert httpx.get(f"{base}/jobs", timeout=10).status_code == 401
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert not thread.is_alive()
     assert os.path.exists(Path(settings.platform.upload_uri.removeprefix("file://")) / "api")

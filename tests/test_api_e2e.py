@@ -4,21 +4,18 @@ the upload sensor and every per-video asset; then the page renders in headless C
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
-import time
 
 import dagster as dg
 import httpx
 import pytest
 
-from dagster_deepfake.api import build_server
 from dagster_deepfake.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources
 from sensors.uploads import build_upload_sensor
+from tests.conftest import serving_api
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -27,19 +24,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def server(settings, db, tmp_path):
     settings.model.registry_config = "tiny"
     settings.platform.model_dir = str(tmp_path / "models")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = build_server(settings, "127.0.0.1", port, token=None, log_level="warning")
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving_api(settings) as base:
+        yield base
 
 
 def test_upload_to_completed_job_and_page(server, settings, tmp_path):

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from sqlalchemy.engine import make_url
 from assets.ingest import raw_video
 from assets.model import audio_embeddings
 from dagster_deepfake import pipeline
-from dagster_deepfake.api import build_server
 from dagster_deepfake.config import REPO_ROOT, Settings, load_settings
 from dagster_deepfake.definitions import PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake.ingest import register_object
@@ -50,7 +48,7 @@ from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources
 from sensors.job_status import job_failure_recorder
 from sensors.uploads import build_upload_sensor
-from tests.conftest import write_reliability_section
+from tests.conftest import serving_api, write_reliability_section
 
 # Every table a completed per-video run leaves in the artifact store.
 PARTITION_TABLES = (
@@ -742,31 +740,15 @@ def test_same_video_twice_and_twenty_uploads_at_once(
     assert len(expected_ids) == 10
     uploads = [(p, f"{name}-{i}.mp4") for i, p in enumerate(clips) for name in ("first", "again")]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = build_server(settings, "127.0.0.1", port, token=None, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     start = threading.Barrier(len(uploads))
 
-    def upload(path: Path, name: str) -> httpx.Response:
+    def upload(base: str, path: Path, name: str) -> httpx.Response:
         data = path.read_bytes()
         start.wait()
-        return httpx.post(
-            f"http://127.0.0.1:{port}/analyze-video", files={"file": (name, data, "video/mp4")}, timeout=120
-        )
+        return httpx.post(f"{base}/analyze-video", files={"file": (name, data, "video/mp4")}, timeout=120)
 
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        with ThreadPoolExecutor(max_workers=len(uploads)) as pool:
-            responses = list(pool.map(lambda u: upload(*u), uploads))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_api(settings) as base, ThreadPoolExecutor(max_workers=len(uploads)) as pool:
+        responses = list(pool.map(lambda u: upload(base, *u), uploads))
 
     # The same bytes also dropped straight into the bucket under a third key.
     bucket_root = Path(settings.platform.upload_uri.removeprefix("file://"))
