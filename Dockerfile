@@ -46,9 +46,10 @@ COPY dagster_deepfake ./dagster_deepfake
 COPY assets ./assets
 COPY resources ./resources
 COPY sensors ./sensors
+COPY launchers ./launchers
 COPY config ./config
 COPY workspace.yaml ./
-RUN pip install --no-deps . && python -c "import dagster_deepfake.definitions"
+RUN pip install --no-deps . && python -c "import dagster_deepfake.definitions, launchers.prefork"
 
 RUN useradd --create-home --uid 10001 dagster \
  && mkdir -p "$DAGSTER_HOME" /opt/dagster/data \

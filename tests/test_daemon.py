@@ -23,6 +23,7 @@ from dagster_deepfake.config import REPO_ROOT
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 from dagster_deepfake.storage.postgres import ResultsDB
+from launchers.prefork import PID_TAG, WORKER_TAG
 
 PRODUCTION_INSTANCE = REPO_ROOT / "deploy" / "dagster.yaml"
 DAEMON_TIMEOUT_SECONDS = 240
@@ -188,6 +189,8 @@ def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagst
             ]
             assert [e for e in events if e in order] == order
             assert video_id in instance.get_dynamic_partitions("videos")
+            # launched by the production instance's launcher: a fork of the warm worker
+            assert run.tags[PID_TAG] and run.tags[WORKER_TAG] != run.tags[PID_TAG]
     finally:
         _stop_daemon(proc)
 
@@ -246,3 +249,5 @@ def test_cluster_files_parse_and_agree_with_the_project():
         "dagster-postgres", pyproject, r'"dagster-postgres==([\d.]+)"'
     )
     assert "USER dagster" in dockerfile and "deploy/dagster.yaml" in dockerfile
+    # every package the instance file names is in the image
+    assert instance["run_launcher"]["module"].split(".")[0] in re.findall(r"^COPY (\w+) ", dockerfile, re.M)

@@ -1,0 +1,1 @@
+"""Dagster run launchers for this platform (configured in the instance's dagster.yaml)."""
