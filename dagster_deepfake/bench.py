@@ -309,6 +309,7 @@ def dagster_throughput(
     db.create_schema()
     bucket = UploadBucket((work / "bucket").as_uri(), settings.platform.upload_suffixes)
     bucket.ensure()
+    daemon_log = out_dir / "throughput-daemon.log"
     daemon = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("dagster-daemon")),
@@ -318,8 +319,8 @@ def dagster_throughput(
         ],
         cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=daemon_log.open("wb"),  # kept: the first place to look when a run is slow or fails
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
