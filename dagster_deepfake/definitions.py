@@ -130,10 +130,17 @@ def run_training(training_config: str | None = None) -> tuple[bool, dict[str, di
     return result.success, metadata
 
 
-def run_durations(job_name: str) -> list[float]:
-    """Wall seconds (start → end) of every successful run of `job_name` on $DAGSTER_HOME's instance."""
+def run_stats(job_name: str) -> dict[str, object]:
+    """Successful runs of `job_name` on $DAGSTER_HOME's instance: each one's wall seconds
+    (start → end) and how many were forked from the warm worker (launchers/prefork.py)."""
+    from launchers.prefork import PID_TAG
+
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records(
             filters=dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.SUCCESS])
         )
-    return [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    timed = [r for r in records if r.start_time and r.end_time]
+    return {
+        "durations": [r.end_time - r.start_time for r in timed],
+        "forked_from_warm_worker": sum(PID_TAG in r.dagster_run.tags for r in timed),
+    }
