@@ -81,13 +81,16 @@ class WarmWorker:
     """The launcher's handle on one warm worker process (stdin/stdout carry JSON lines)."""
 
     def __init__(self, preload_modules: Sequence[str], ready_timeout_s: float, instance_ref: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "launchers.prefork", *preload_modules],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            # stderr is the launcher's own (the daemon's log): import errors and run output show there
-            cwd=os.getcwd(),
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "launchers.prefork", *preload_modules],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                # stderr is the launcher's own (the daemon's log): import errors and run output show there
+                cwd=os.getcwd(),
+            )
+        except OSError as exc:  # no memory for another process, executable gone
+            raise WarmWorkerError(f"could not start the worker: {exc}") from exc
         # First line: the instance, so the worker also imports its storage classes (on stdin,
         # not argv: a literal database password in the instance file must not show in `ps`).
         self._write(instance_ref)
