@@ -74,6 +74,15 @@ def wait_for(instance: dg.DagsterInstance, run_id: str, statuses: set[dg.Dagster
     raise AssertionError(f"run {run_id} not in {statuses} after {TIMEOUT_S}s: {run.status if run else None}")
 
 
+def wait_for_file(path: Path) -> Path:
+    """`path` once the run's op has written it (the op is then inside its compute)."""
+    deadline = time.time() + TIMEOUT_S
+    while not path.exists():
+        assert time.time() < deadline, f"{path} not written after {TIMEOUT_S}s"
+        time.sleep(0.1)
+    return path
+
+
 def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return [e.message for e in instance.all_logs(run_id) if e.message]
 
@@ -107,9 +116,7 @@ def test_terminate_cancels_a_forked_run_and_health_tracks_its_process(tmp_path: 
         out = tmp_path / "held.json"
         run_id = submit(instance, workspace, out, hold_until=str(tmp_path / "never"), hold_seconds=60)
         wait_for(instance, run_id, {dg.DagsterRunStatus.STARTED})
-        deadline = time.time() + TIMEOUT_S
-        while not out.exists() and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for_file(out)
         run = instance.get_run_by_id(run_id)
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
         assert launcher.terminate(run_id)
@@ -121,9 +128,7 @@ def test_terminate_cancels_a_forked_run_and_health_tracks_its_process(tmp_path: 
         out2 = tmp_path / "killed.json"
         run_id = submit(instance, workspace, out2, hold_until=str(tmp_path / "never"), hold_seconds=60)
         wait_for(instance, run_id, {dg.DagsterRunStatus.STARTED})
-        while not out2.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        pid = json.loads(out2.read_text())["pid"]
+        pid = json.loads(wait_for_file(out2).read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         deadline = time.time() + 10
         run = instance.get_run_by_id(run_id)
