@@ -349,6 +349,7 @@ def serve(preload_modules: Sequence[str]) -> int:
         importlib.import_module(name)
         # The instance's storage classes: what every run opens first (SQLite/PostgreSQL storage,
         # alembic, SQLAlchemy dialects; ~0.3 s a run otherwise). Imported only, never opened.
+        name = "the instance's storage classes"  # what the error names if the ref cannot be read
         for name in _instance_modules(sys.stdin.buffer.readline().decode()):
             importlib.import_module(name)
         for name in preload_modules:
