@@ -47,9 +47,11 @@ COPY assets ./assets
 COPY resources ./resources
 COPY sensors ./sensors
 COPY launchers ./launchers
+COPY code_location ./code_location
+COPY commands ./commands
 COPY config ./config
 COPY workspace.yaml ./
-RUN pip install --no-deps . && python -c "import dagster_deepfake.definitions, launchers.prefork"
+RUN pip install --no-deps . && python -c "import code_location.definitions, launchers.prefork"
 
 RUN useradd --create-home --uid 10001 dagster \
  && mkdir -p "$DAGSTER_HOME" /opt/dagster/data \
@@ -63,4 +65,4 @@ USER dagster
 EXPOSE 3030 3000
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # The user-code gRPC server, as the Helm chart's user deployment runs it.
-CMD ["dagster", "api", "grpc", "--module-name", "dagster_deepfake.definitions", "--host", "0.0.0.0", "--port", "3030"]
+CMD ["dagster", "api", "grpc", "--module-name", "code_location.definitions", "--host", "0.0.0.0", "--port", "3030"]

@@ -21,7 +21,7 @@ Configure it in dagster.yaml:
       module: launchers.prefork
       class: PreforkRunLauncher
       config:
-        preload_modules: [dagster_deepfake.definitions, torch, ...]
+        preload_modules: [code_location.definitions, torch, ...]
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ def _tick(sensor, instance, resources, cursor):
 def _run_ticks(upload_uri: str, n: int, s3_endpoint: str | None, work: Path) -> dict:
     import dagster as dg
 
+    from code_location.definitions import analyze_video_job
     from dagster_deepfake.config import load_settings
-    from dagster_deepfake.definitions import analyze_video_job
     from dagster_deepfake.ingest import DEFAULT_LOOKBACK_SECONDS, ScanCursor, select_new_objects
     from dagster_deepfake.storage.postgres import embedded_postgres_url
     from resources import default_resources

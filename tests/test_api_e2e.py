@@ -10,7 +10,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from dagster_deepfake.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
+from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_deepfake.bench import run_bench
+from commands.bench import run_bench
 from dagster_deepfake.models.checkpoint import MANIFEST_FILE, read_manifest
 
 STAGES = {"probe", "frames+faces", "flow", "audio+vad", "model load", "model", "saliency", "storage"}

@@ -213,7 +213,7 @@ def test_cluster_files_parse_and_agree_with_the_project():
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
 
     (deployment,) = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "dagster_deepfake.definitions"]
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "code_location.definitions"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     run_k8s = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
     assert run_k8s["containerConfig"]["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -7,13 +7,13 @@ import shutil
 import dagster as dg
 import pandas as pd
 
-from dagster_deepfake.datasets import register_manifest
-from dagster_deepfake.definitions import (
+from code_location.definitions import (
     ASSET_CHECKS,
     FEATURE_ASSETS,
     PER_VIDEO_ASSETS,
     extract_features_job,
 )
+from dagster_deepfake.datasets import register_manifest
 from dagster_deepfake.pipeline import StoreFeatureSource
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file

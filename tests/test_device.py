@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 import torch
 
-from dagster_deepfake.cli import main
+from commands.cli import main
 from dagster_deepfake.errors import DeviceUnavailableError
 from dagster_deepfake.models import inference
 from dagster_deepfake.models.inference import autocast_context, default_bf16, select_device

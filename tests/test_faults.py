@@ -35,9 +35,9 @@ from sqlalchemy.engine import make_url
 
 from assets.ingest import raw_video
 from assets.model import audio_embeddings
+from code_location.definitions import PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake import pipeline
 from dagster_deepfake.config import REPO_ROOT, Settings, load_settings
-from dagster_deepfake.definitions import PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.storage import artifacts as artifacts_module
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -248,7 +248,7 @@ _KILLED_CHILD = """
 import sys, time
 import dagster as dg
 from dagster_deepfake.config import Settings
-from dagster_deepfake.definitions import PER_VIDEO_ASSETS
+from code_location.definitions import PER_VIDEO_ASSETS
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from resources import default_resources
 

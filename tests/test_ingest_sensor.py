@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from assets.ingest import frames, raw_video
-from dagster_deepfake.definitions import analyze_video_job
+from code_location.definitions import analyze_video_job
 from dagster_deepfake.ingest import ScanCursor, select_new_objects
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import BucketObject, UploadBucket

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dagster_deepfake.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
+from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.storage.artifacts import ArtifactStore

@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dagster_deepfake.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
+from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.synthetic import generate_clip
@@ -195,7 +195,7 @@ RESULTS: list[dict] = []
 
 def _cli(path: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dagster_deepfake.cli", "analyze", "--model", "tiny", "--", str(path)],
+        [sys.executable, "-m", "commands.cli", "analyze", "--model", "tiny", "--", str(path)],
         capture_output=True,
         text=True,
         env=env,

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from assets.ingest import frames, raw_video
+from code_location.definitions import analyze_video_job
 from dagster_deepfake.config import Settings, load_settings
-from dagster_deepfake.definitions import analyze_video_job
 from dagster_deepfake.ingest import ScanCursor, select_new_objects
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import UploadBucket

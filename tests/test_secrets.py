@@ -10,8 +10,8 @@ import logging
 import dagster as dg
 from sqlalchemy.engine import make_url
 
-from dagster_deepfake.cli import main
-from dagster_deepfake.definitions import build_definitions
+from code_location.definitions import build_definitions
+from commands.cli import main
 
 PASSWORD = "s3cr3t-PW-42"
 

@@ -10,15 +10,15 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from dagster_deepfake.analyze import analyze_file
-from dagster_deepfake.datasets import register_dataset
-from dagster_deepfake.definitions import (
+from code_location.definitions import (
     ASSET_CHECKS,
     PER_VIDEO_ASSETS,
     TRAINING_ASSETS,
     extract_features_job,
     train_job,
 )
+from dagster_deepfake.analyze import analyze_file
+from dagster_deepfake.datasets import register_dataset
 from dagster_deepfake.models.checkpoint import read_manifest
 from dagster_deepfake.models.store import current_checkpoint_dir
 from dagster_deepfake.storage.postgres import evaluations

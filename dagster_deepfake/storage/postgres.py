@@ -280,3 +280,17 @@ def embedded_postgres_url(data_dir: str) -> str:
     os.makedirs(data_dir, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     return normalise_url(server.get_uri())
+
+
+def stop_embedded_postgres(data_dir: str) -> bool:
+    """Stop the project's own PostgreSQL in `data_dir` if it runs; return whether one was stopped."""
+    from pathlib import Path
+
+    if not (Path(data_dir) / "postmaster.pid").exists():
+        return False
+    import pgserver
+    from pgserver._commands import pg_ctl  # pgserver's bundled binaries
+
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=Path(data_dir), user=server.system_user)
+    return True

@@ -9,7 +9,7 @@ the local bucket, let Dagster's daemon and the upload sensor run them, and print
    come from that model, labelled "trained on synthetic-demo": it has never seen a real face.
 
 Progress is read from the results database (the `jobs` table), the same place the API and
-an analyst read it; the only Dagster calls go through `dagster_deepfake.definitions`.
+an analyst read it; the only Dagster calls go through `commands.runs`.
 """
 
 from __future__ import annotations
@@ -135,9 +135,8 @@ def _train_on_synthetic(
     settings: Settings, db: ResultsDB, daemon: subprocess.Popen[bytes], n: int, deadline: float, t0: float
 ) -> bool:
     """Synthetic dataset → registered → backfilled by the daemon → trained, calibrated, evaluated."""
-    from dagster_deepfake.cli import format_training_summary
+    from commands.runs import add_partitions_to_instance, format_training_summary, run_training
     from dagster_deepfake.datasets import register_dataset
-    from dagster_deepfake.definitions import add_partitions_to_instance, run_training
     from dagster_deepfake.synthetic import generate_dataset
 
     data_dir = REPO_ROOT / ".demo-data" / f"synthetic-{n}"
@@ -290,18 +289,3 @@ def _print_summary(db: ResultsDB, expected: dict[str, str], artifact_root: str) 
     console.print(
         "Job pages:        `dagster-deepfake serve`, then http://127.0.0.1:8000/jobs/<video_id>/view"
     )
-
-
-def stop_embedded_postgres(config_path: str | None = None) -> None:
-    """Stop the project's own PostgreSQL server, if it runs."""
-    settings = load_settings(config_path)
-    data_dir = Path(settings.platform.postgres_data_dir)
-    if settings.platform.postgres_url or not (data_dir / "postmaster.pid").exists():
-        console.print("no embedded PostgreSQL is running")
-        return
-    import pgserver
-    from pgserver._commands import pg_ctl  # pgserver's bundled binaries
-
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir, user=server.system_user)
-    console.print(f"stopped PostgreSQL in {data_dir}")

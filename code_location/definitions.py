@@ -1,6 +1,7 @@
 """The Dagster code location: every asset, check, job, sensor and resource of the platform.
 
-This is the only module of the `dagster_deepfake` package that imports Dagster.
+Upper layer (docs/ARCHITECTURE.md): it wires `assets/`, `resources/` and `sensors/` together;
+the `dagster_deepfake` library below never imports it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from assets import explain, ingest, model, perception, training
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
-from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
-from sensors.job_status import job_failure_recorder, job_success_recorder, step_error
+from sensors.datasets import build_dataset_backfill_sensor
+from sensors.job_status import job_failure_recorder, job_success_recorder
 from sensors.uploads import build_upload_sensor
 
 PER_VIDEO_ASSETS = [
@@ -92,55 +93,3 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
-
-
-def add_partitions_to_instance(keys: list[str], batch_size: int = 1000) -> int:
-    """Add video partitions to the instance at $DAGSTER_HOME (used by `register-dataset`)."""
-    with dg.DagsterInstance.get() as instance:
-        return add_video_partitions(instance, keys, batch_size=batch_size)
-
-
-def run_training(training_config: str | None = None) -> tuple[bool, dict[str, dict[str, object]]]:
-    """Run `train_calibrate_evaluate` in this process on the instance at $DAGSTER_HOME.
-
-    The run is recorded like any other (it shows in the UI with its logs and per-epoch curves).
-    Returns whether it succeeded and each training asset's materialization metadata, as plain
-    values; a failure's reason is in the second value under "error".
-    """
-    run_config = {
-        "ops": {"trained_model": {"config": {"training_config": training_config}}},
-        # The console shows the epochs (INFO), not every engine event (DEBUG); the UI keeps all.
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
-    }
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(train_job.name).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False
-        )
-    metadata: dict[str, dict[str, object]] = {}
-    for event in result.get_asset_materialization_events():
-        mat = event.materialization
-        metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
-    if not result.success:
-        events = result.get_step_failure_events()
-        error = step_error(events[0]) if events else None
-        message = error.message.strip() if error else f"run {result.run_id} failed; see it in the UI"
-        if error is not None and error.cls_name == "Failure":  # our own words: drop the class path
-            message = message.split(": ", 1)[-1]
-        metadata["error"] = {"step": ", ".join(e.step_key or "?" for e in events) or "?", "message": message}
-    return result.success, metadata
-
-
-def run_stats(job_name: str) -> dict[str, object]:
-    """Successful runs of `job_name` on $DAGSTER_HOME's instance: each one's wall seconds
-    (start → end) and how many were forked from the warm worker (launchers/prefork.py)."""
-    from launchers.prefork import PID_TAG
-
-    with dg.DagsterInstance.get() as instance:
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.SUCCESS])
-        )
-    timed = [r for r in records if r.start_time and r.end_time]
-    return {
-        "durations": [r.end_time - r.start_time for r in timed],
-        "forked_from_warm_worker": sum(PID_TAG in r.dagster_run.tags for r in timed),
-    }

@@ -153,9 +153,7 @@ def run_batch(paths: list[Path], settings: Settings) -> dict[str, Any]:
 
 
 def _child(args: list[str]) -> dict[str, Any]:
-    child = subprocess.run(
-        [sys.executable, "-m", "dagster_deepfake.bench", *args], capture_output=True, text=True
-    )
+    child = subprocess.run([sys.executable, "-m", "commands.bench", *args], capture_output=True, text=True)
     if child.returncode != 0:
         raise RuntimeError(f"bench child {args} failed: {child.stderr.strip().splitlines()[-1:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -343,7 +341,7 @@ def dagster_throughput(
                 [
                     sys.executable,
                     "-c",
-                    "import json; from dagster_deepfake.definitions import run_stats; "
+                    "import json; from commands.runs import run_stats; "
                     "print(json.dumps(run_stats('analyze_video')))",
                 ],
                 env=env,

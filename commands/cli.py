@@ -71,7 +71,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dagster_deepfake.demo import run_demo
+    from commands.demo import run_demo
 
     return run_demo(
         config_path=args.config,
@@ -98,7 +98,7 @@ def _cmd_register_dataset(args: argparse.Namespace) -> int:
             on_start=lambda n: progress.update(task, total=n, description=f"hashing {n} videos"),
             on_progress=lambda n: progress.advance(task, n),
         )
-    from dagster_deepfake.definitions import add_partitions_to_instance
+    from commands.runs import add_partitions_to_instance
 
     added = add_partitions_to_instance(reg.video_ids, batch_size=args.batch_size)
     manifest = reg.manifest
@@ -116,7 +116,7 @@ def _cmd_register_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dagster_deepfake.definitions import run_training
+    from commands.runs import format_training_summary, run_training
 
     print(f"running train_calibrate_evaluate (training config: {args.training_config or 'the platform'})")
     ok, metadata = run_training(args.training_config)
@@ -126,29 +126,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 1
     print(format_training_summary(metadata))
     return 0
-
-
-def format_training_summary(metadata: dict[str, dict[str, object]]) -> str:
-    """The few numbers a person wants after training: AUC, calibration, where the weights are."""
-    train = metadata.get("trained_model", {})
-    cal = metadata.get("calibration", {})
-    ev = metadata.get("evaluation", {})
-
-    def num(x: object) -> str:
-        return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-    return "\n".join(
-        [
-            f"trained on {train.get('trained_on')}: {train.get('train_videos')} train / "
-            f"{train.get('val_videos')} val videos, {train.get('epochs')} epochs, "
-            f"best val AUC {num(train.get('best_val_auc'))}",
-            f"calibration: T = {num(cal.get('temperature'))}, val ECE {num(cal.get('ece_before'))} → "
-            f"{num(cal.get('ece_after'))}",
-            f"test ({ev.get('test_videos')} videos): AUC {num(ev.get('auc'))}, accuracy "
-            f"{num(ev.get('accuracy'))}, FPR@0.5 {num(ev.get('fpr_at_0.5'))}, EER {num(ev.get('eer'))}",
-            f"checkpoint: {train.get('checkpoint')} (serves predictions from now on)",
-        ]
-    )
 
 
 def _cmd_model_describe(args: argparse.Namespace) -> int:
@@ -163,7 +140,7 @@ def _cmd_model_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from dagster_deepfake.bench import main as bench_main
+    from commands.bench import main as bench_main
 
     return bench_main(
         [
@@ -210,9 +187,14 @@ def _cmd_db_url(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from dagster_deepfake.demo import stop_embedded_postgres
+    from dagster_deepfake.config import load_settings
+    from dagster_deepfake.storage.postgres import stop_embedded_postgres
 
-    stop_embedded_postgres(args.config)
+    p = load_settings(args.config).platform
+    if p.postgres_url or not stop_embedded_postgres(p.postgres_data_dir):
+        print("no embedded PostgreSQL is running")
+    else:
+        print(f"stopped PostgreSQL in {p.postgres_data_dir}")
     return 0
 
 

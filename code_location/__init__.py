@@ -1,0 +1,1 @@
+"""The Dagster code location of dagster-deepfake (upper layer): `code_location.definitions.defs`."""
