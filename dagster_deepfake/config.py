@@ -172,6 +172,9 @@ class PlatformConfig(_Section):
     model_dir: str = "./.models"
     max_duration_seconds: float = 900
     max_upload_bytes: int = 2 * 1024**3
+    # Bytes all uploads in flight may spool to the API's temp folder together; an upload that
+    # would go over it answers 503 with Retry-After (docs/API.md).
+    upload_spool_budget_bytes: int = 4 * 1024**3
 
 
 class Settings(_Section):
