@@ -3,26 +3,31 @@
 Only the first audio stream is decoded (a container may carry several, e.g. commentary
 tracks); channels are down-mixed to mono by ffmpeg. A file without any audio stream gives
 ``None``: missing audio is normal (FaceForensics++ has none), not an error.
+
+Input is opened through the probe gate (`media.gate`: real containers, plus WAV here, local file
+only) and decoding stops after `max_seconds`, so the PCM held in memory is bounded
+(16 kHz mono s16: 32 KB per second, 29 MB for 15 minutes).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import ffmpeg
 import numpy as np
 
 from dagster_deepfake.errors import InvalidVideoError
+from dagster_deepfake.media import gate
 from dagster_deepfake.media.ffmpeg_bin import ffmpeg as ffmpeg_binary
 from dagster_deepfake.media.ffmpeg_bin import ffprobe
 
 # Decoding 15 minutes of audio (the platform's longest accepted clip) takes a few seconds;
 # a process still running after this is stuck on a broken file, not slow.
 _TIMEOUT_S = 600
+# Default cap on decoded audio: the default `platform.max_duration_seconds` (900 s) plus slack.
+DEFAULT_MAX_AUDIO_SECONDS = 960.0
 
 
 @dataclass(frozen=True)
@@ -42,55 +47,68 @@ class AudioTrack:
         return self.pcm.astype(np.float32) / 32768.0
 
 
-def _last_line(stderr: str | bytes, default: str) -> str:
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
-    return (text.strip().splitlines() or [default])[-1].strip()
-
-
-def has_audio_stream(path: str | os.PathLike[str]) -> bool:
+def has_audio_stream(path: str | os.PathLike[str], *, timeout_s: float = 60.0) -> bool:
     """True when ffprobe finds at least one audio stream; a file ffprobe cannot read is an InvalidVideoError."""
     cmd = [
         ffprobe(),
-        *("-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of", "csv=p=0"),
-        str(path),
+        *("-v", "error", "-hide_banner"),
+        *gate.input_args(path, allow=gate.AUDIO_DEMUXERS),
+        *("-select_streams", "a", "-show_entries", "stream=index", "-of", "csv=p=0"),
     ]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired as exc:
-        raise InvalidVideoError(path, "ffprobe did not finish within 60 s") from exc
+    out = gate.run_tool(cmd, path, timeout_s=timeout_s, what="ffprobe")
     if out.returncode != 0:
         raise InvalidVideoError(
-            path, f"not a readable media file ({_last_line(out.stderr, 'ffprobe failed')})"
+            path, f"not a readable media file ({gate.last_line(out.stderr, 'ffprobe failed', path)})"
         )
     return bool(out.stdout.strip())
 
 
 def extract_audio(
-    path: str | os.PathLike[str], sample_rate: int = 16000, *, has_audio: bool | None = None
+    path: str | os.PathLike[str],
+    sample_rate: int = 16000,
+    *,
+    has_audio: bool | None = None,
+    max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+    timeout_s: float = _TIMEOUT_S,
 ) -> AudioTrack | None:
     """Decode the first audio stream to mono s16le at `sample_rate`.
 
     `has_audio` is the caller's probe result (saves one ffprobe run); when None the file is
     probed here. Returns None when there is no audio stream; raises InvalidVideoError naming
-    the file, with ffmpeg's last stderr line, when the audio cannot be decoded.
+    the file, with ffmpeg's last stderr line, when the audio cannot be decoded. At most
+    `max_seconds` of audio are decoded (`platform.max_duration_seconds` plus slack); `timeout_s`
+    bounds the ffmpeg run.
     """
     path = Path(path)
     if has_audio is None:
         has_audio = has_audio_stream(path)
     if not has_audio:
         return None
-    stream = ffmpeg.input(str(path))["a:0"]
-    out = ffmpeg.output(stream, "pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
-    args = ffmpeg.compile(out, cmd=ffmpeg_binary())
     try:
-        proc = subprocess.run(
-            [args[0], "-nostdin", "-v", "error", *args[1:]], capture_output=True, timeout=_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise InvalidVideoError(path, f"audio decoding did not finish within {_TIMEOUT_S} s") from exc
+        opened = gate.input_args(path, allow=gate.AUDIO_DEMUXERS, max_pixels=None, duration=max_seconds)
+    except InvalidVideoError as exc:
+        raise InvalidVideoError(path, f"audio could not be decoded ({exc.reason})") from None
+    cmd = [
+        ffmpeg_binary(),
+        *("-nostdin", "-hide_banner", "-v", "error", *opened),
+        *(
+            "-map",
+            "0:a:0",
+            "-f",
+            "s16le",
+            "-acodec",
+            "pcm_s16le",
+            "-ac",
+            "1",
+            "-ar",
+            str(sample_rate),
+            "pipe:",
+        ),
+    ]
+    proc = gate.run_tool(cmd, path, timeout_s=timeout_s, what="audio decoding")
     if proc.returncode != 0:
         raise InvalidVideoError(
-            path, f"audio could not be decoded ({_last_line(proc.stderr, 'ffmpeg failed')})"
+            path, f"audio could not be decoded ({gate.last_line(proc.stderr, 'ffmpeg failed', path)})"
         )
     return AudioTrack(np.frombuffer(proc.stdout, dtype="<i2").astype(np.int16), sample_rate)
 
