@@ -3,18 +3,16 @@
 import datetime as dt
 import json
 
-import cv2
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from assets.common import image_md
 from assets.model import audio_embeddings, predictions
 from assets.partitions import videos_partitions
-from dagster_deepfake import pipeline
-from dagster_deepfake.explain.agreement import modality_agreement
-from dagster_deepfake.explain.anomalies import find_audio_anomalies
+from dagster_deepfake import stages
+from dagster_deepfake.evidence import Evidence
 from dagster_deepfake.report import build_document
+from dagster_deepfake.storage import stage_io
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -40,83 +38,35 @@ def saliency(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.explain.gradcam import cam_to_frame, compute_saliency, overlay  # heavy: torch
-
     video_id = context.partition_key
-    s = settings.get()
     store = artifacts.store()
-    (model, _), *_ = model_store.load(torch_device.torch_device())[0]
-    faces = pipeline.load_face_crops(store, video_id)
-    flow = pipeline.load_flow_features(store, video_id)
-    windows = store.read_table("windows", video_id).sort_values("window_id")
-    bounds = np.cumsum([0, *windows["n_frames"].tolist()])
-    window_frames = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    features, valid = pipeline.load_audio_embeddings(store, video_id)
-    maps = compute_saliency(
+    device = torch_device.torch_device()
+    (model, _), *_ = model_store.load(device)[0]
+    faces = stage_io.load_face_crops(store, video_id)
+    explanation = stages.saliency_stage(
         model,
         faces.crops,
-        flow,
         faces.frame_ids,
-        windows["p_fake"].to_numpy(),
-        window_frames,
-        audio_features=features,
-        audio_valid=valid,
-        k=s.explain.top_k_frames,
-        device=torch_device.torch_device(),
+        faces.timestamps,
+        stage_io.load_flow_features(store, video_id),
+        stage_io.load_window_scores(store, video_id),
+        stage_io.load_audio_embeddings(store, video_id, 1)[0],
+        stage_io.load_audio(store, video_id).segments,
+        stage_io.frame_image_reader(store, video_id),
+        stage_io.landmarks_reader(store, video_id),
+        settings.get(),
+        device,
     )
-    face_table = store.read_table("faces", video_id).set_index("frame_id")
-    frame_table = store.read_table("frames", video_id).set_index("frame_id")
-    store.remove(f"videos/{video_id}/saliency")
-    rows, thumbs = [], []
-    for m in maps:
-        index = int(np.flatnonzero(faces.frame_ids == m.frame_id)[0])
-        face_name, frame_name = pipeline.saliency_names(m.frame_id)
-        face_png = pipeline.encode_png(overlay(faces.crops[index], m.cam))
-        store.write_bytes(pipeline.saliency_rel(video_id, face_name), face_png)
-        frame_rgb = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(store.read_bytes(frame_table.loc[m.frame_id, "path"]), np.uint8), 1),
-            cv2.COLOR_BGR2RGB,
-        )
-        frame_cam = cam_to_frame(m.cam, face_table.loc[m.frame_id, "landmarks"], frame_rgb.shape[:2])
-        store.write_bytes(
-            pipeline.saliency_rel(video_id, frame_name), pipeline.encode_png(overlay(frame_rgb, frame_cam))
-        )
-        rows.append(
-            {
-                "frame_id": m.frame_id,
-                "timestamp": float(faces.timestamps[index]),
-                "window_id": m.window_id,
-                "confidence": m.p_fake,
-                "face_png": face_name,
-                "frame_png": frame_name,
-            }
-        )
-        thumbs.append(image_md(face_png, f"frame {m.frame_id}", "image/png"))
-
-    audio_in = pipeline.load_audio(store, video_id)
-    flow_per_window = [float(flow[a:b, 0].mean()) if b > a else 0.0 for a, b in window_frames]
-    anomalies = find_audio_anomalies(
-        window_starts=windows["start"].to_numpy(),
-        window_ends=windows["end"].to_numpy(),
-        p_audio_visual=windows["p_fake"].to_numpy(),
-        p_video_only=windows["p_fake_video_only"].to_numpy(),
-        window_flow=np.array(flow_per_window),
-        speech_segments=audio_in.segments,
-    )
-    agreement = modality_agreement(
-        windows["p_fake"].to_numpy(), windows["p_fake_video_only"].to_numpy(), has_speech=features is not None
-    )
-    explanation = {
-        "anomalous_frames": rows,
-        "audio_anomalies": [a.to_dict() for a in anomalies],
-        "modality_agreement": agreement,
-    }
-    store.write_bytes(f"videos/{video_id}/saliency/explanation.json", json.dumps(explanation).encode())
+    stage_io.persist_explanation(store, video_id, explanation)
+    rows, agreement = explanation.anomalous_frames, explanation.modality_agreement
+    thumbs = [
+        image_md(explanation.heat_maps[r["face_png"]], f"frame {r['frame_id']}", "image/png") for r in rows
+    ]
     return dg.MaterializeResult(
         metadata={
             "frames": dg.MetadataValue.json([r["frame_id"] for r in rows]),
             "modality_agreement": "null (no usable audio)" if agreement is None else round(agreement, 4),
-            "audio_anomalies": dg.MetadataValue.json(explanation["audio_anomalies"]),
+            "audio_anomalies": dg.MetadataValue.json(explanation.audio_anomalies),
             "heat_maps": dg.MetadataValue.md(" ".join(thumbs)),
         }
     )
@@ -131,13 +81,15 @@ def saliency(
 )
 def report(
     context: dg.AssetExecutionContext,
+    settings: SettingsResource,
     artifacts: ArtifactStoreResource,
     postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     video_id = context.partition_key
     store = artifacts.store()
     db = postgres.db()
-    document = build_document(store, db, video_id)
+    evidence = Evidence.from_store(store, db, video_id, settings.get())
+    document = build_document(evidence, lambda name: stage_io.saliency_url(store, video_id, name))
     payload = json.loads(document.to_json())
     store.write_table(
         "reports",

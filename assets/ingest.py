@@ -4,10 +4,10 @@ import dagster as dg
 
 from assets.common import fail_video_on_bad_input, image_md
 from assets.partitions import videos_partitions
-from dagster_deepfake import pipeline
+from dagster_deepfake import stages
 from dagster_deepfake.errors import InvalidVideoError
-from dagster_deepfake.media.frames import sample_frames
 from dagster_deepfake.media.probe import VideoProbe
+from dagster_deepfake.storage import stage_io
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, UploadBucketResource
 
 
@@ -15,7 +15,7 @@ from resources import ArtifactStoreResource, PostgresResource, SettingsResource,
     partitions_def=videos_partitions,
     group_name="per_video",
     kinds={"video", "postgres", "parquet"},
-    description="The uploaded video copied into the artifact store, probed and validated (DESIGN §3).",
+    description="The uploaded video copied into the artifact store, probed and validated (docs/ARCHITECTURE.md).",
 )
 def raw_video(
     context: dg.AssetExecutionContext,
@@ -32,10 +32,11 @@ def raw_video(
             raise InvalidVideoError(video_id, "no upload is registered for this partition")
         db.set_job_status(video_id, "running", run_id=context.run.run_id)
         store = artifacts.store()
-        ingested = pipeline.ingest_video(
+        ingested = stages.ingest_stage(
             store,
             video_id,
             video["source_uri"],
+            video["file_name"],
             settings.get(),
             # the upload bucket's endpoint and region: an s3:// source is read where it was listed
             storage_options=upload_bucket.bucket().storage_options,
@@ -43,7 +44,7 @@ def raw_video(
     store.write_table(
         "videos",
         video_id,
-        pipeline.video_row(ingested, video["source_uri"], video["file_name"], video["uploader"]),
+        stage_io.video_row(ingested, video["source_uri"], video["file_name"], video["uploader"]),
     )
     db.upsert_video(**{**video, "probe": {**ingested.probe.to_dict(), "warnings": ingested.warnings}})
     p: VideoProbe = ingested.probe
@@ -86,13 +87,14 @@ def frames(
     probe = VideoProbe(
         **{k: v for k, v in (db.get_video(video_id)["probe"] or {}).items() if k != "warnings"}
     )
-    rate = settings.get().data.frame_rate
+    s = settings.get()
+    rate = s.data.frame_rate
     with (
         fail_video_on_bad_input(db, video_id, "frames"),
-        store.local_path(pipeline.find_source_rel(store, video_id)) as local,
+        store.local_path(stage_io.find_source_rel(store, video_id)) as local,
     ):
-        sampler = sample_frames(local, probe, rate)
-        summary = pipeline.persist_frames(store, video_id, sampler)
+        sampler = stages.frames_stage(local, probe, s)
+        summary = stage_io.persist_frames(store, video_id, sampler)
     for warning in sampler.warnings:
         context.log.warning(f"{video_id}: {warning}")
     if sampler.warnings:  # kept with the probe so the report carries them
@@ -108,6 +110,6 @@ def frames(
             "first_ts": dg.MetadataValue.float(float(table.timestamp.min())),
             "last_ts": dg.MetadataValue.float(float(table.timestamp.max())),
             "warnings": dg.MetadataValue.json(sampler.warnings),
-            "thumbnail": dg.MetadataValue.md(image_md(summary.thumbnail_png or b"", "first sampled frame")),
+            "thumbnail": dg.MetadataValue.md(image_md(summary.thumbnail_jpeg or b"", "first sampled frame")),
         }
     )

@@ -1,13 +1,13 @@
 """`audio_embeddings` and `predictions`: the contract model on one video's cached features."""
 
 import dagster as dg
-import numpy as np
 
 from assets.common import image_md
 from assets.partitions import videos_partitions
 from assets.perception import aligned_faces, audio, optical_flow
-from dagster_deepfake import pipeline
+from dagster_deepfake import stages
 from dagster_deepfake.plots import line_plot_png
+from dagster_deepfake.storage import stage_io
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -23,7 +23,8 @@ from resources import (
     group_name="per_video",
     kinds={"pytorch"},
     pool="gpu",
-    description="wav2vec2 features of the speech (VAD mask) projected to 512; empty without usable audio.",
+    description="wav2vec2 features of the speech (VAD mask) projected to 512, per ensemble member; "
+    "empty without usable audio.",
 )
 def audio_embeddings(
     context: dg.AssetExecutionContext,
@@ -31,29 +32,23 @@ def audio_embeddings(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
-    import torch  # heavy; see the module docstring
-
     video_id = context.partition_key
     store = artifacts.store()
     device = torch_device.torch_device()
-    (model, manifest), *_ = model_store.load(device)[0]
-    audio_in = pipeline.load_audio(store, video_id)
-    dim = model.config.audio.projection_dim
-    if not audio_in.has_speech:
-        features, valid = np.zeros((0, dim), np.float32), np.zeros(0, bool)
-    else:
-        with torch.inference_mode():
-            wave = torch.from_numpy(audio_in.waveform)[None].to(device)
-            mask = torch.from_numpy(audio_in.speech_mask)[None].to(device)
-            feats, ok = model.encode_audio(wave, mask)
-        features, valid = feats[0].float().cpu().numpy(), ok[0].cpu().numpy()
-    pipeline.persist_audio_embeddings(store, video_id, features, valid)
+    members, _ = model_store.load(device)
+    audio_in = stage_io.load_audio(store, video_id)
+    # Each ensemble member has its own audio encoder, so each encodes the speech itself.
+    embeddings = [stages.audio_embeddings_stage(model, audio_in, device) for model, _ in members]
+    stage_io.persist_audio_embeddings(store, video_id, embeddings)
+    first, manifest = embeddings[0], members[0][1]
+    dim = members[0][0].config.audio.projection_dim
     return dg.MaterializeResult(
         metadata={
-            "frames_20ms": len(features),
-            "speech_frames": int(valid.sum()),
+            "frames_20ms": len(first.features),
+            "speech_frames": int(first.valid.sum()),
             "dim": dim,
-            "used": "audio" if valid.any() else "no usable audio: the learned no-audio embedding stands in",
+            "members": len(embeddings),
+            "used": "audio" if first.used else "no usable audio: the learned no-audio embedding stands in",
             "audio_encoder_pretrained": manifest.pretrained.audio_encoder,
         }
     )
@@ -75,28 +70,23 @@ def predictions(
     model_store: ModelStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.scoring import score_video  # heavy: torch + the model code
-
     video_id = context.partition_key
     s = settings.get()
     store = artifacts.store()
     device = torch_device.torch_device()
     members, warnings = model_store.load(device)
-    faces = pipeline.load_face_crops(store, video_id)
-    features, valid = pipeline.load_audio_embeddings(store, video_id)
-    scored = score_video(
+    faces = stage_io.load_face_crops(store, video_id)
+    scored = stages.predictions_stage(
         members,
         faces.crops,
-        pipeline.load_flow_features(store, video_id),
+        stage_io.load_flow_features(store, video_id),
         faces.timestamps,
-        frame_rate=s.data.frame_rate,
-        threshold=s.model.head.threshold,
-        device=device,
-        audio_features=features,
-        audio_valid=valid,
+        stage_io.load_audio_embeddings(store, video_id, len(members)),
+        s,
+        device,
     )
-    store.write_table("windows", video_id, pipeline.window_table(video_id, scored))
-    store.write_table("predictions", video_id, pipeline.prediction_table(video_id, scored))
+    store.write_table("windows", video_id, stage_io.window_table(video_id, scored))
+    store.write_table("predictions", video_id, stage_io.prediction_table(video_id, scored, warnings))
     postgres.db().upsert_prediction(video_id=video_id, n_windows=len(scored.window_probs), **scored.row())
     for warning in warnings:
         context.log.warning(f"{video_id}: {warning}")
@@ -106,7 +96,7 @@ def predictions(
         {"P(fake)": scored.window_probs, "video only": scored.window_probs_video_only},
         title="P(fake) per 1-second window",
         ylim=(0, 1),
-        hline=s.model.head.threshold,
+        hline=s.model.classification.threshold,
     )
     weights_banner = "" if scored.trained else "**⚠ UNTRAINED WEIGHTS — not a forensic verdict.** "
     return dg.MaterializeResult(

@@ -5,11 +5,11 @@ import dagster as dg
 from assets.common import fail_video_on_bad_input, image_md
 from assets.ingest import frames, raw_video
 from assets.partitions import videos_partitions
-from dagster_deepfake import pipeline
+from dagster_deepfake import stages
 from dagster_deepfake.errors import NoFaceFoundError
-from dagster_deepfake.faces import create_detector, extract_faces
-from dagster_deepfake.flow import compute_flow_features
+from dagster_deepfake.media.probe import VideoProbe
 from dagster_deepfake.plots import line_plot_png
+from dagster_deepfake.storage import stage_io
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource
 
 # Below this share of sampled frames with exactly one face the check warns a reviewer.
@@ -31,17 +31,17 @@ def aligned_faces(
     postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     video_id = context.partition_key
-    cfg = settings.get().data.faces
+    s = settings.get()
+    cfg = s.data.faces
     store = artifacts.store()
-    extraction = extract_faces(pipeline.load_frames(store, video_id), create_detector(cfg), cfg)
-    strip = pipeline.persist_faces(store, video_id, extraction)
-    with fail_video_on_bad_input(postgres.db(), video_id, "aligned_faces"):
-        if extraction.num_kept == 0:
-            raise NoFaceFoundError(
-                video_id,
-                f"no face found: none of {extraction.num_frames} sampled frames held exactly one face "
-                f"(skipped: {extraction.skip_counts})",
-            )
+    try:
+        extraction = stages.faces_stage(stage_io.load_frames(store, video_id), s, video_id)
+    except NoFaceFoundError as exc:
+        # The face table (every frame's skip reason) is kept for the reviewer, then the video fails.
+        stage_io.persist_faces(store, video_id, exc.extraction)
+        with fail_video_on_bad_input(postgres.db(), video_id, "aligned_faces"):
+            raise
+    strip = stage_io.persist_faces(store, video_id, extraction)
     return dg.MaterializeResult(
         metadata={
             "sampled_frames": extraction.num_frames,
@@ -82,14 +82,17 @@ def face_coverage_check(
     group_name="per_video",
     kinds={"opencv", "parquet"},
     description="Farneback flow between consecutive aligned faces: mean and spread of the motion "
-    "magnitude inside the face ellipse (px of the 224 crop per sampled-frame step).",
+    "magnitude inside the face ellipse (px of the 224 crop per sampled-frame step); zeros when "
+    "`data.optical_flow_enabled` is false.",
 )
-def optical_flow(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+def optical_flow(
+    context: dg.AssetExecutionContext, settings: SettingsResource, artifacts: ArtifactStoreResource
+) -> dg.MaterializeResult:
     video_id = context.partition_key
     store = artifacts.store()
-    faces = pipeline.load_face_crops(store, video_id)
-    flow = compute_flow_features(faces.crops, faces.frame_ids, return_fields=True)
-    table = pipeline.persist_flow(store, video_id, flow, faces.timestamps)
+    faces = stage_io.load_face_crops(store, video_id)
+    flow = stages.flow_stage(faces.crops, faces.frame_ids, settings.get(), return_fields=True)
+    table = stage_io.persist_flow(store, video_id, flow, faces.timestamps)
     plot = line_plot_png(
         table["timestamp"],
         {"mean |flow|": table["flow_mean"], "spread": table["flow_std"]},
@@ -98,6 +101,7 @@ def optical_flow(context: dg.AssetExecutionContext, artifacts: ArtifactStoreReso
     )
     return dg.MaterializeResult(
         metadata={
+            "enabled": settings.get().data.optical_flow_enabled,
             "pairs": int(flow.has_predecessor.sum()),
             "gaps_over_1": int((flow.gaps > 1).sum()),
             "flow_mean_avg": dg.MetadataValue.float(round(float(table["flow_mean"].mean()), 4)),
@@ -121,34 +125,27 @@ def audio(
     artifacts: ArtifactStoreResource,
     postgres: PostgresResource,
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.media.audio import extract_audio
-    from dagster_deepfake.media.vad import SpeechActivity, detect_speech
-
     video_id = context.partition_key
-    cfg = settings.get().data.audio
+    s = settings.get()
     store = artifacts.store()
-    probe = postgres.db().get_video(video_id)["probe"] or {}
+    probe_doc = postgres.db().get_video(video_id)["probe"] or {}
+    probe = VideoProbe(**{k: v for k, v in probe_doc.items() if k != "warnings"})
     with (
         fail_video_on_bad_input(postgres.db(), video_id, "audio"),
-        store.local_path(pipeline.find_source_rel(store, video_id)) as local,
+        store.local_path(stage_io.find_source_rel(store, video_id)) as local,
     ):
-        track = (
-            extract_audio(local, sample_rate=cfg.sample_rate, has_audio=True)
-            if probe.get("has_audio")
-            else None
-        )
-    if track is None:
-        speech = SpeechActivity.empty(float(probe.get("duration") or 0.0))
-    else:
-        speech = detect_speech(track, aggressiveness=cfg.vad_aggressiveness, frame_ms=cfg.vad_frame_ms)
-    table = pipeline.persist_audio(store, video_id, track.pcm if track is not None else None, speech)
-    duration = float(track.duration) if track is not None else 0.0
+        result = stages.audio_stage(local, probe, s)
+    table = stage_io.persist_audio(store, video_id, result)
+    cfg, speech = s.data.audio, result.speech
+    duration = len(result.pcm) / result.sample_rate if result.pcm is not None else 0.0
     metadata: dict = {
-        "has_audio": track is not None,
+        "has_audio": result.pcm is not None,
         "audio_seconds": dg.MetadataValue.float(round(duration, 3)),
         "speech_seconds": dg.MetadataValue.float(round(float(speech.speech_seconds), 3)),
         "speech_segments": len(table),
-        "vad": f"WebRTC, aggressiveness {cfg.vad_aggressiveness}, {cfg.vad_frame_ms} ms frames",
+        "vad": f"WebRTC, aggressiveness {cfg.vad_aggressiveness}, {cfg.vad_frame_ms} ms frames"
+        if s.data.vad_enabled
+        else "off (data.vad_enabled: false): the whole track is encoded",
     }
     if len(table):
         metadata["segments"] = dg.MetadataValue.md(

@@ -13,20 +13,21 @@ import pandas as pd
 from pydantic import Field
 
 from assets.common import image_md
-from dagster_deepfake import pipeline
 from dagster_deepfake.config import load_settings
 from dagster_deepfake.plots import line_plot_png
+from dagster_deepfake.storage import layout
+from dagster_deepfake.training.features import StoreFeatureSource
 from dagster_deepfake.training.manifests import manifest_hash, read_manifest
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
 
-TRAINING_MANIFEST = "datasets/training_manifest.parquet"
+TRAINING_MANIFEST = layout.TRAINING_MANIFEST_REL
 
 
 def _training_rows(store, db) -> pd.DataFrame:
     """Every registered dataset's rows with their partition key and whether features are cached."""
     frames = []
-    for name in store.list("datasets"):
-        rel = f"datasets/{name}/manifest.parquet"
+    for name in store.list(layout.DATASETS_DIR):
+        rel = layout.dataset_manifest_rel(name)
         if store.exists(rel):
             with store.local_path(rel) as local:
                 frames.append(read_manifest(local).assign(dataset_name=name))
@@ -129,13 +130,13 @@ def trained_model(
         raise dg.Failure(
             f"need cached features for train and val videos (train {len(train_ids)}, val {len(val_ids)})"
         )
-    from dagster_deepfake.models.registry import from_settings
+    from dagster_deepfake.models.registry import resolve_model_config
     from dagster_deepfake.training.features import LRUFeatureSource
 
-    detector_config = from_settings(s.model, s.training)
+    detector_config = resolve_model_config(s.model)
     # One folder per (data, architecture): an interrupted run resumes, another model starts afresh.
     out_dir = Path(s.platform.model_dir) / "runs" / f"{data_hash}-{detector_config.config_hash()}"
-    source = LRUFeatureSource(pipeline.StoreFeatureSource(store, labels))
+    source = LRUFeatureSource(StoreFeatureSource(store, labels))
 
     def on_epoch(stats) -> None:
         context.log.info(
@@ -169,7 +170,7 @@ def trained_model(
         on_epoch=on_epoch,
         training_data_hash=data_hash,
         training_data=trained_on,
-        frame_rate=s.data.frame_rate,
+        data_cfg=s.data,
     )
     current = current_checkpoint_dir(s.platform.model_dir)
     tmp = current.with_name("current.tmp")
@@ -220,7 +221,7 @@ def calibration(
     fit = calibrate_checkpoint(
         current_checkpoint_dir(s.platform.model_dir),
         val_ids,
-        pipeline.StoreFeatureSource(store, labels),
+        StoreFeatureSource(store, labels),
         device=torch_device.torch_device(),
     )
     return dg.MaterializeResult(
@@ -258,8 +259,8 @@ def evaluation(
     result = evaluate_checkpoint(
         current_checkpoint_dir(s.platform.model_dir),
         test_ids,
-        pipeline.StoreFeatureSource(store, labels),
-        threshold=s.model.head.threshold,
+        StoreFeatureSource(store, labels),
+        threshold=s.model.classification.threshold,
         device=torch_device.torch_device(),
     )
     metrics = result.metrics.model_dump()

@@ -21,11 +21,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
 
     settings = load_settings(args.config)
-    result = analyze_file(args.video, settings, model_config=args.model)
+    result = analyze_file(args.video, settings, model_config=args.model, out_dir=args.out)
     if args.json:
-        # The contract's result document, the same one the `report` asset stores.
-        document = result.document if not args.details else result.to_dict()
-        print(json.dumps(document, indent=2, default=str))
+        # The contract's result document, built by the same builder as the `report` asset's.
+        print(json.dumps(result.document, indent=2, default=str))
     else:
         print(render_text(result, timings=args.timings))
     return 0
@@ -129,12 +128,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_describe(args: argparse.Namespace) -> int:
+    from dagster_deepfake.config import load_settings
     from dagster_deepfake.models.describe import describe_model, format_description
     from dagster_deepfake.models.registry import list_model_configs
 
-    names = list_model_configs() if args.all else [args.model_config]
-    for name in names:
-        print(format_description(describe_model(name)))
+    if args.all:
+        targets: list = list_model_configs()
+    elif args.model_config:
+        targets = [args.model_config]
+    else:  # what the settings file builds: its variant with its explicit keys on top
+        targets = [load_settings(args.config).model]
+    for target in targets:
+        print(format_description(describe_model(target)))
         print()
     return 0
 
@@ -215,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
     p.add_argument("--timings", action="store_true", help="print wall time per stage")
     p.add_argument(
-        "--details", action="store_true", help="with --json: every stage's facts, not the contract document"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where the Grad-CAM heat maps go (DIR/<video_id>/; default: heat-maps/ beside the video)",
     )
     p.add_argument("--model", default=None, help="model registry config (default: model.registry_config)")
     p.set_defaults(func=_cmd_analyze)
@@ -257,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         "describe", help="each block's output shape, trainable/frozen parameters, weights"
     )
     d.add_argument(
-        "--config", dest="model_config", default="contract", help="registry config (contract, tiny)"
+        "--variant",
+        "--config",
+        dest="model_config",
+        default=None,
+        help="a registry variant alone (contract, tiny); default: the settings file's `model` section",
     )
     d.add_argument("--all", action="store_true", help="describe every registered config")
     d.set_defaults(func=_cmd_model_describe)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dagster_deepfake.config import Settings
+from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
@@ -53,7 +54,7 @@ def register_dataset(
     store = ArtifactStore(
         p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
     )
-    relpath = f"datasets/{name}/manifest.parquet"
+    relpath = layout.dataset_manifest_rel(name)
     with tempfile.TemporaryDirectory(prefix="ddf-manifest-") as tmp:  # local or S3 alike
         store.write_bytes(relpath, write_manifest(manifest, Path(tmp) / "manifest.parquet").read_bytes())
     manifest_path = store.full_url(relpath)

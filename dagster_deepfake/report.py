@@ -8,14 +8,13 @@ contract can ignore it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dagster_deepfake.storage.artifacts import ArtifactStore
-from dagster_deepfake.storage.postgres import ResultsDB
+from dagster_deepfake.evidence import Evidence
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
 
@@ -69,15 +68,35 @@ class WindowScore(_Strict):
     p_fake: float
 
 
+class ProbeFacts(_Strict):
+    """What the probe gate read from the file (display size: rotation applied)."""
+
+    container: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    rotation: int = 0
+    has_audio: bool
+    audio_codec: str | None = None
+
+
 class Additions(_Strict):
     video_id: str
     file_name: str | None = None
+    probe: ProbeFacts | None = None
+    vad_enabled: bool = Field(True, description="false: WebRTC VAD was off and the whole track was encoded")
+    optical_flow_enabled: bool = Field(
+        True, description="false: no Farneback flow; the two flow inputs were zero"
+    )
     modalities_used: list[Literal["video", "audio"]]
     pretrained: dict[str, bool]
     weights: Literal["trained", "untrained"]
     trained_on: str | None = None
     temperature: float = 1.0
     interval_method: str
+    precision: str | None = Field(None, description="fp32, bf16 (CPU) or amp (CUDA)")
     p_fake_uncalibrated: float | None = None
     p_fake_video_only: float | None = None
     face_coverage: float | None = None
@@ -107,26 +126,22 @@ def json_schema() -> str:
 
 
 def build_document(
-    store: ArtifactStore, db: ResultsDB, video_id: str, *, status: JobStatus = "completed"
+    evidence: Evidence, saliency_url: Callable[[str], str | None], *, status: JobStatus = "completed"
 ) -> ResultDocument:
-    """Assemble the result document from what the per-video stages stored."""
-    pred = store.read_table("predictions", video_id).iloc[0]
-    windows = store.read_table("windows", video_id).sort_values("window_id")
-    faces = store.read_table("faces", video_id)
-    speech = store.read_table("speech_segments", video_id)
-    explanation = json.loads(store.read_bytes(f"videos/{video_id}/saliency/explanation.json"))
-    video = db.get_video(video_id) or {}
-    probe = video.get("probe") or {}
-    job = db.get_job(video_id) or {}
-    started = job.get("started_at") or job.get("submitted_at")
-    processing = (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
+    """The result document from one video's evidence: the one builder, for `analyze` and Dagster.
+
+    `saliency_url(name)` turns a heat map's file name into the URL the document carries.
+    """
+    pred = evidence.prediction
     p_fake = float(pred["p_fake"])
     verdict = str(pred["verdict"])
-    skipped = faces[~faces["kept"]]["skip_reason"].value_counts().to_dict()
-    from dagster_deepfake.pipeline import saliency_url  # local import: pipeline imports heavy stages
-
+    faces = evidence.faces
+    skipped = faces.loc[~faces["kept"], "skip_reason"].value_counts().to_dict()
+    windows = evidence.windows
+    explanation = evidence.explanation
+    probe = evidence.probe
     return ResultDocument(
-        job_id=video_id,
+        job_id=evidence.video_id,
         status=status,
         prediction=Prediction(
             overall_class=verdict,
@@ -139,21 +154,24 @@ def build_document(
                     frame_id=int(r["frame_id"]),
                     timestamp=float(r["timestamp"]),
                     confidence=float(r["confidence"]),
-                    saliency_url=saliency_url(store, video_id, r["face_png"]),
+                    saliency_url=saliency_url(r["face_png"]),
                 )
                 for r in explanation["anomalous_frames"]
             ],
         ),
         metadata=Metadata(
-            processing_time_sec=round(processing, 3),
+            processing_time_sec=round(evidence.processing_time_sec, 3),
             video_duration_sec=float(probe.get("duration") or 0.0),
             frames_analyzed=int(pred["frames_analyzed"]),
             model_version=str(pred["model_version"]),
             ensemble_size=int(pred["ensemble_size"]),
         ),
         additions=Additions(
-            video_id=video_id,
-            file_name=video.get("file_name"),
+            video_id=evidence.video_id,
+            file_name=evidence.file_name,
+            probe=ProbeFacts(**{k: probe[k] for k in ProbeFacts.model_fields if k in probe}) if probe else None,
+            vad_enabled=evidence.vad_enabled,
+            optical_flow_enabled=evidence.optical_flow_enabled,
             modalities_used=list(pred["modalities"]),
             pretrained={
                 "audio_encoder": bool(pred["pretrained_audio"]),
@@ -163,20 +181,20 @@ def build_document(
             trained_on=pred["trained_on"] if isinstance(pred["trained_on"], str) else None,
             temperature=float(pred["temperature"]),
             interval_method=str(pred["interval_method"]),
+            precision=pred.get("precision"),
             p_fake_uncalibrated=float(pred["p_fake_uncalibrated"]),
             p_fake_video_only=float(pred["p_fake_video_only"]),
             face_coverage=float(faces["kept"].mean()) if len(faces) else 0.0,
             skipped_frames=SkippedFrames(
                 total=int(sum(skipped.values())), by_reason={str(k): int(v) for k, v in skipped.items()}
             ),
-            speech_seconds=float(speech["duration"].sum()) if len(speech) else 0.0,
+            speech_seconds=round(float(sum(b - a for a, b in evidence.speech_segments)), 3),
             audio_anomalies=[AudioAnomaly(**a) for a in explanation["audio_anomalies"]],
             windows=[
-                WindowScore(
-                    window_id=int(w.window_id), start=float(w.start), end=float(w.end), p_fake=float(w.p_fake)
-                )
-                for w in windows.itertuples()
+                WindowScore(window_id=k, start=float(a), end=float(b), p_fake=float(p))
+                for k, ((a, b), p) in enumerate(zip(windows.spans, windows.p_fake, strict=True))
             ],
-            warnings=list(probe.get("warnings") or []),
+            timings_sec=dict(evidence.timings),
+            warnings=list(dict.fromkeys(evidence.warnings)),
         ),
     )

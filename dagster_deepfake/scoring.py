@@ -97,31 +97,34 @@ def score_video(
     frame_rate: float,
     threshold: float = 0.5,
     device: str = "cpu",
-    waveform: np.ndarray | None = None,
-    speech_mask: np.ndarray | None = None,
-    audio_features: np.ndarray | None = None,
-    audio_valid: np.ndarray | None = None,
+    audio: list[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
     keep_output: bool = False,
 ) -> ScoredVideo:
-    """Run every ensemble member on one video and combine them."""
+    """Run every ensemble member on one video and combine them.
+
+    `audio[i]` is member i's own `encode_audio` output, (T, D) features and (T,) speech mask
+    (`stages.audio_embeddings_stage`), or (None, None) without usable speech: each member has
+    its own audio encoder, so one member's embeddings never stand in for another's.
+    """
     if not members:
         raise ValueError("score_video needs at least one model")
+    audio = audio or [(None, None)] * len(members)
+    if len(audio) != len(members):
+        raise ValueError(f"score_video got audio for {len(audio)} of {len(members)} models")
     predictions = [
         predict_video(
             model,
             crops,
             flow,
-            waveform,
-            speech_mask,
             timestamps=timestamps,
             frame_rate=frame_rate,
             temperature=manifest.temperature,
             device=device,
             keep_output=keep_output,
-            audio_features=audio_features,
-            audio_valid=audio_valid,
+            audio_features=features,
+            audio_valid=valid,
         )
-        for model, manifest in members
+        for (model, manifest), (features, valid) in zip(members, audio, strict=True)
     ]
     first, manifest = predictions[0], members[0][1]
     p_members = np.array([p.p_fake for p in predictions])

@@ -14,10 +14,10 @@ from code_location.definitions import (
     extract_features_job,
 )
 from dagster_deepfake.datasets import register_manifest
-from dagster_deepfake.pipeline import StoreFeatureSource
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 from dagster_deepfake.synthetic import generate_clip
+from dagster_deepfake.training.features import StoreFeatureSource
 from resources import default_resources
 from sensors.datasets import add_video_partitions, build_dataset_backfill_sensor
 

@@ -36,10 +36,10 @@ from sqlalchemy.engine import make_url
 from assets.ingest import raw_video
 from assets.model import audio_embeddings
 from code_location.definitions import PER_VIDEO_ASSETS, analyze_video_job
-from dagster_deepfake import pipeline
-from dagster_deepfake.config import REPO_ROOT, Settings, load_settings
+from dagster_deepfake.config import REPO_ROOT, ModelConfig, Settings, load_settings
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.storage import artifacts as artifacts_module
+from dagster_deepfake.storage import layout, stage_io
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
@@ -136,7 +136,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _tiny(settings: Settings, model_dir: str) -> Settings:
-    settings.model.registry_config = "tiny"
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = model_dir
     settings.platform.device = "cpu"
     return settings
@@ -216,13 +216,13 @@ def _partition_problems(store: ArtifactStore, video_id: str) -> list[str]:
     if problems:
         return problems
     frames = store.read_table("frames", video_id)
-    files = store.list(ArtifactStore.video_rel(video_id, "frames"))
+    files = store.list(layout.frames_dir(video_id))
     if len(frames) == 0 or sorted(frames.frame_id) != list(range(len(frames))):
         problems.append(f"frame ids {sorted(frames.frame_id)}")
     if sorted(files) != sorted(p.rsplit("/", 1)[1] for p in frames.path):
         problems.append(f"{len(files)} frame files for {len(frames)} indexed frames")
     try:
-        pipeline.load_face_crops(store, video_id)  # checks crops against the kept rows
+        stage_io.load_face_crops(store, video_id)  # checks crops against the kept rows
     except (OSError, RuntimeError) as exc:
         problems.append(f"faces: {exc}")
     for table in ("predictions", "reports"):
@@ -314,10 +314,10 @@ def test_run_killed_mid_stage(settings: Settings, db: ResultsDB, clip: Path, mod
 
         killed_run = next(r for r in instance.get_runs() if r.run_id != first.run_id)
         job_after_kill = db.get_job(video_id)
-        frame_files_after_kill = store.list(ArtifactStore.video_rel(video_id, "frames"))
+        frame_files_after_kill = store.list(layout.frames_dir(video_id))
         claimed_missing = _frames_claimed_but_missing(store, video_id)
         with pytest.raises(OSError):  # no reader takes the half-replaced frames for a whole stage
-            list(pipeline.load_frames(store, video_id))
+            list(stage_io.load_frames(store, video_id))
 
         retry = _materialize(settings, video_id, instance)
         frame_materializations = instance.fetch_materializations(
@@ -634,7 +634,7 @@ def test_artifact_store_full(
     instance = dg.DagsterInstance.ephemeral()
     video_id = _register(settings, db, clip, "talk.mp4")
     assert _materialize(settings, video_id, instance).success
-    speech_before = pipeline.load_audio(store, video_id)
+    speech_before = stage_io.load_audio(store, video_id)
     assert speech_before.has_speech
 
     # The disk fills up while a re-run's `audio` stage writes its PCM (half of it lands).
@@ -643,11 +643,11 @@ def test_artifact_store_full(
     full = _materialize(settings, video_id, instance)
     monkeypatch.undo()
     errors = _step_errors(full)
-    pcm_left = os.path.exists(store.path(pipeline.pcm_rel(video_id)))
+    pcm_left = os.path.exists(store.path(layout.pcm_rel(video_id)))
     temp_left = _temp_files(store.root)
     # What a later run that re-materializes only the audio model (a new checkpoint) would read:
     try:
-        after = pipeline.load_audio(store, video_id)
+        after = stage_io.load_audio(store, video_id)
         read_back = (
             "speech" if after.has_speech else "no audio (the half-written stage read as a silent video)"
         )
@@ -673,7 +673,7 @@ def test_artifact_store_full(
         "failure recorded as a failed job": job_failed["status"] == "failed"
         and job_failed["run_id"] == full.run_id,
         "retry completed": retry.success and job["status"] == "completed" and job["run_id"] == retry.run_id,
-        "audio whole again": pipeline.load_audio(store, video_id).has_speech,
+        "audio whole again": stage_io.load_audio(store, video_id).has_speech,
         "one row per table": rows == {"videos": 1, "jobs": 1, "predictions": 1},
         "Parquet tables whole": problems == [],
     }

@@ -15,6 +15,7 @@ import pytest
 from assets.ingest import frames, raw_video
 from code_location.definitions import analyze_video_job
 from dagster_deepfake.ingest import ScanCursor, select_new_objects
+from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import BucketObject, UploadBucket
 from dagster_deepfake.storage.keys import is_partition_key, partition_key_for_sha256, sha256_file
@@ -42,11 +43,23 @@ def test_cursor_same_mtime_is_neither_skipped_nor_repeated():
 
 
 def test_cursor_waits_for_settling_objects():
+    """Taken once seen with the same size and mtime for the settle period, not on first sight."""
     objs = [_obj("old.mp4", 100.0), _obj("fresh.mp4", 999.5)]
-    scan = select_new_objects(objs, ScanCursor(), now=1000.0, settle_seconds=2, limit=10)
-    assert [o.key for o in scan.objects] == ["old.mp4"] and scan.waiting == 1
-    later = select_new_objects(objs, scan.cursor, now=1010.0, settle_seconds=2, limit=10)
-    assert [o.key for o in later.objects] == ["fresh.mp4"]
+    first = select_new_objects(objs, ScanCursor(), now=1000.0, settle_seconds=2, limit=10)
+    assert first.objects == [] and first.waiting == 2
+    cursor = ScanCursor.from_json(first.cursor.to_json())  # the states travel in the cursor
+    assert cursor.pending == {"old.mp4": (1, 100.0, 1000.0), "fresh.mp4": (1, 999.5, 1000.0)}
+    early = select_new_objects(objs, cursor, now=1001.0, settle_seconds=2, limit=10)
+    assert early.objects == []
+    scan = select_new_objects(objs, early.cursor, now=1002.0, settle_seconds=2, limit=10)
+    assert [o.key for o in scan.objects] == ["old.mp4", "fresh.mp4"] and scan.cursor.pending == {}
+    # an object that changed between ticks starts its settle period again
+    grown = [
+        _obj("old.mp4", 100.0),
+        BucketObject(uri="file:///b/fresh.mp4", key="fresh.mp4", size=2, mtime=999.5),
+    ]
+    moved = select_new_objects(grown, early.cursor, now=1002.0, settle_seconds=2, limit=10)
+    assert [o.key for o in moved.objects] == ["old.mp4"] and moved.cursor.pending["fresh.mp4"][2] == 1002.0
 
 
 def test_bucket_lists_only_finished_videos(tmp_path):
@@ -64,7 +77,7 @@ def test_artifact_store_refuses_paths_outside_root(tmp_path):
         with pytest.raises(ValueError):
             store.write_bytes(bad, b"x")
     with pytest.raises(ValueError):
-        ArtifactStore.video_rel("../../etc")
+        layout.video_rel("../../etc")
 
 
 def _sensor_tick(instance, resources, cursor=None):

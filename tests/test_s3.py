@@ -23,6 +23,7 @@ from assets.ingest import frames, raw_video
 from code_location.definitions import analyze_video_job
 from dagster_deepfake.config import Settings, load_settings
 from dagster_deepfake.ingest import ScanCursor, select_new_objects
+from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.keys import partition_key_for_sha256
@@ -129,16 +130,16 @@ def test_artifact_store_on_s3_round_trips_and_presigns(s3, s3_endpoint, new_buck
     assert len(store.read_all("frames")) == 2
 
     arr = np.arange(12, dtype=np.float32).reshape(3, 4)
-    store.write_array(store.video_rel(video_id, "emb.npy"), arr)
-    np.testing.assert_array_equal(store.read_array(store.video_rel(video_id, "emb.npy")), arr)
+    store.write_array(layout.video_rel(video_id, "emb.npy"), arr)
+    np.testing.assert_array_equal(store.read_array(layout.video_rel(video_id, "emb.npy")), arr)
 
     png = b"\x89PNG\r\n\x1a\n" + os.urandom(256)
-    rel = store.video_rel(video_id, "saliency", "frame_000001_face.png")
+    rel = layout.saliency_rel(video_id, "frame_000001_face.png")
     store.write_bytes(rel, png)
     src = tmp_path / "clip.mp4"
     src.write_bytes(b"movie bytes")
-    store.put_file(str(src), store.video_rel(video_id, "source.mp4"))
-    with store.local_path(store.video_rel(video_id, "source.mp4")) as local:
+    store.put_file(str(src), layout.source_rel(video_id, "x.mp4"))
+    with store.local_path(layout.source_rel(video_id, "x.mp4")) as local:
         assert Path(local).read_bytes() == b"movie bytes"
     assert store.list(f"videos/{video_id}/saliency") == ["frame_000001_face.png"]
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dagster_deepfake.api.context import _ERRORS, ApiContext, Context, ErrorBody, Identity
 from dagster_deepfake.report import JobStatus, ResultDocument
-from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.keys import PARTITION_KEY_RE
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def add_routes(app: FastAPI) -> None:
         job_id: JobId,
         name: Annotated[str, Path(pattern=SALIENCY_NAME_PATTERN, description="e.g. frame_000123_face.png")],
     ) -> Response:
-        rel = ArtifactStore.video_rel(job_id, "saliency", name)
+        rel = layout.saliency_rel(job_id, name)
         try:
             data = ctx.store.read_bytes(rel)
         except FileNotFoundError:

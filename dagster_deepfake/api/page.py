@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from dagster_deepfake.api.context import _ERRORS, ApiContext, Context, ErrorBody, Identity
 from dagster_deepfake.api.jobs import _SALIENCY_NAME_RE, JobId, _get_job_or_404, _result_document
 from dagster_deepfake.report import AnomalousFrame, ResultDocument
-from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage import layout
 
 # -- view page --------------------------------------------------------------------------------------
 _VIEW_TEMPLATE = """<!doctype html>
@@ -197,7 +197,7 @@ def _heat_map_src(ctx: ApiContext, job_id: str, url: str | None) -> str | None:
         return None
     name = posixpath.basename(urlparse(url).path)
     if _SALIENCY_NAME_RE.match(name):
-        rel = ArtifactStore.video_rel(job_id, "saliency", name)
+        rel = layout.saliency_rel(job_id, name)
         try:
             return "data:image/png;base64," + b64encode(ctx.store.read_bytes(rel)).decode()
         except FileNotFoundError:
@@ -250,7 +250,7 @@ def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | No
         meta=doc.metadata if doc else None,
         adds=doc.additions if doc else None,
         banners=_banners(doc),
-        timeline=_timeline(doc, ctx.settings.model.head.threshold, frames) if doc else None,
+        timeline=_timeline(doc, ctx.settings.model.classification.threshold, frames) if doc else None,
         maps=maps,
         fmt=_fmt,
         pct=_pct,

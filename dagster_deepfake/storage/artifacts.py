@@ -1,11 +1,6 @@
-"""The artifact store: the one place that knows where every file and table of a video lives.
+"""The artifact store: files and Parquet tables under one root; `storage/layout.py` names the paths.
 
-The root is a local path or any fsspec URL (``s3://bucket/prefix``). Layout::
-
-    <root>/videos/<video_id>/source<ext>            the ingested copy of the upload
-    <root>/videos/<video_id>/frames/<frame_id>.png  sampled frames (lossless)
-    <root>/videos/<video_id>/faces/…                aligned crops and the face strip
-    <root>/tables/<table>/v<schema version>/<video_id>.parquet   one file per partition per table
+The root is a local path or any fsspec URL (``s3://bucket/prefix``).
 
 Writes are atomic (temp file + rename locally; a single PUT on object stores), so a
 reader never sees half a file. Only validated partition keys and fixed names become
@@ -29,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dagster_deepfake.storage.keys import require_partition_key
+from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.schemas import TableSpec, get_table_spec
 
 
@@ -77,12 +72,8 @@ class ArtifactStore:
         return self.fs.url(self.path(relpath), expires=expires)
 
     @staticmethod
-    def video_rel(video_id: str, *parts: str) -> str:
-        return "/".join(["videos", require_partition_key(video_id), *parts])
-
-    @staticmethod
     def table_rel(spec: TableSpec, video_id: str) -> str:
-        return f"tables/{spec.name}/v{spec.version}/{require_partition_key(video_id)}.parquet"
+        return layout.table_rel(spec.name, spec.version, video_id)
 
     # -- bytes -------------------------------------------------------------------------------
     def exists(self, relpath: str) -> bool:
@@ -179,7 +170,7 @@ class ArtifactStore:
     def read_all(self, table: str) -> pd.DataFrame:
         """Every partition's rows of `table` (current schema version) as one frame."""
         spec = get_table_spec(table)
-        folder = self.path(f"tables/{spec.name}/v{spec.version}")
+        folder = self.path(layout.table_folder(spec.name, spec.version))
         self.fs.invalidate_cache(folder)
         if not self.fs.exists(folder):
             return spec.schema.empty_table().to_pandas()

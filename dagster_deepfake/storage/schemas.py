@@ -137,7 +137,7 @@ WINDOWS = _register(
 
 PREDICTIONS = _register(
     "predictions",
-    1,
+    2,  # v2: `precision` (fp32/bf16/amp) and `warnings` (the serving model's, e.g. untrained weights)
     [
         ("video_id", _str),
         ("model_version", _str),
@@ -156,6 +156,8 @@ PREDICTIONS = _register(
         ("pretrained_video", _bool),
         ("trained", _bool),
         ("trained_on", _str),
+        ("precision", _str),
+        ("warnings", pa.list_(_str)),
         ("created_at", _ts),
     ],
 )

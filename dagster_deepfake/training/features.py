@@ -18,12 +18,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from dagster_deepfake.config import Settings
-from dagster_deepfake.errors import NoFaceFoundError
+
+if TYPE_CHECKING:
+    from dagster_deepfake.storage.artifacts import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,34 @@ class LRUFeatureSource:
         return len(self._cache)
 
 
+class StoreFeatureSource:
+    """Training features read from what the per-video assets cached (never decodes video).
+
+    `labels` maps video_id → (label_int, method), from the dataset manifest.
+    """
+
+    def __init__(self, store: ArtifactStore, labels: dict[str, tuple[int, str]]) -> None:
+        self.store = store
+        self.labels = labels
+
+    def load(self, video_id: str) -> VideoFeatures:
+        from dagster_deepfake.storage import stage_io
+
+        label_int, method = self.labels[video_id]
+        faces = stage_io.load_face_crops(self.store, video_id)
+        audio_in = stage_io.load_audio(self.store, video_id)
+        return VideoFeatures(
+            video_id=video_id,
+            label_int=int(label_int),
+            method=method,
+            crops=faces.crops,
+            flow=stage_io.load_flow_features(self.store, video_id),
+            timestamps=faces.timestamps,
+            waveform=audio_in.waveform if audio_in.has_speech else None,
+            speech_mask=audio_in.speech_mask if audio_in.has_speech else None,
+        )
+
+
 def extract_features_from_file(
     path: str | os.PathLike[str],
     settings: Settings,
@@ -176,28 +206,23 @@ def extract_features_from_file(
     label_int: int,
     method: str,
 ) -> VideoFeatures:
-    """Run probe → frames → faces → flow (→ audio + VAD) on a local file, in memory.
+    """Run probe → frames → faces → flow → audio + VAD on a local file, in memory.
 
-    The same perception code as the per-video assets, for tests and small experiments;
-    training on a real dataset reads the assets' cached outputs instead. Audio follows the
-    `analyze` convention: no audio stream or no detected speech gives `waveform=None`.
+    The same stage functions as the per-video assets (`dagster_deepfake.stages`), for tests and
+    small experiments; training on a real dataset reads the assets' cached outputs instead.
+    No audio stream or no detected speech gives `waveform=None`.
 
     Raises:
         InvalidVideoError: the file cannot be read. NoFaceFoundError: no frame kept a face.
     """
-    from dagster_deepfake.faces import create_detector, extract_faces
-    from dagster_deepfake.flow import compute_flow_features
-    from dagster_deepfake.media.frames import sample_frames
-    from dagster_deepfake.media.probe import probe_video
+    from dagster_deepfake import stages
 
     path = Path(path)
-    probe = probe_video(path)
-    sampler = sample_frames(path, probe, settings.data.frame_rate)
-    extraction = extract_faces(sampler, create_detector(settings.data.faces), settings.data.faces)
-    if extraction.num_kept == 0:
-        raise NoFaceFoundError(path, f"no face found in any of {extraction.num_frames} sampled frames")
-    flow = compute_flow_features(extraction.crops, extraction.kept_frame_ids)
-    waveform, speech_mask = _speech(path, settings, probe.has_audio)
+    probe = stages.probe_stage(path, settings).probe
+    extraction = stages.faces_stage(stages.frames_stage(path, probe, settings), settings, str(path))
+    flow = stages.flow_stage(extraction.crops, extraction.kept_frame_ids, settings)
+    audio = stages.audio_stage(path, probe, settings)
+    audio_in = stages.AudioInput.from_pcm(audio.pcm, audio.speech.mask_20ms, audio.speech.segments)
     return VideoFeatures(
         video_id=video_id,
         label_int=int(label_int),
@@ -205,28 +230,7 @@ def extract_features_from_file(
         crops=extraction.crops,
         flow=flow.features.astype(np.float32),
         timestamps=extraction.kept_timestamps,
-        waveform=waveform,
-        speech_mask=speech_mask,
+        waveform=audio_in.waveform if audio_in.has_speech else None,
+        speech_mask=audio_in.speech_mask if audio_in.has_speech else None,
         sample_rate=settings.data.audio.sample_rate,
     )
-
-
-def _speech(path: Path, settings: Settings, has_audio: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(waveform, per-sample speech mask) or (None, None) without audio, speech or the audio modules."""
-    if not has_audio:
-        return None, None
-    try:
-        from dagster_deepfake.media.audio import extract_audio
-        from dagster_deepfake.media.vad import detect_speech
-    except ImportError as exc:  # audio modules are optional for video-only experiments
-        logger.warning("audio modules unavailable (%s): %s is used without audio", exc, path)
-        return None, None
-    cfg = settings.data.audio
-    track = extract_audio(path, sample_rate=cfg.sample_rate, has_audio=True)
-    if track is None:
-        return None, None
-    speech = detect_speech(track, aggressiveness=cfg.vad_aggressiveness, frame_ms=cfg.vad_frame_ms)
-    if not speech.segments:
-        return None, None
-    waveform = track.as_float()
-    return waveform, speech.sample_mask(len(waveform), cfg.sample_rate)

@@ -1,0 +1,139 @@
+"""Where every artifact lives: the one module that spells artifact paths (docs/ARCHITECTURE.md).
+
+Paths are relative to the artifact store's root (a local folder or any fsspec URL)::
+
+    videos/<video_id>/source<ext>                   the ingested copy of the upload
+    videos/<video_id>/frames/<frame_id>.png         sampled frames (lossless)
+    videos/<video_id>/faces/crops.npy, strip.png    aligned 224×224 crops, a contact strip
+    videos/<video_id>/flow/fields.npy               dense flow fields (inspection only)
+    videos/<video_id>/audio/pcm16k.npy, speech_mask_20ms.npy, embeddings_<member>.npy, embeddings_valid_<member>.npy
+    videos/<video_id>/saliency/frame_<id>_{face,frame}.png, explanation.json
+    tables/<table>/v<schema version>/<video_id>.parquet    one file per partition per table
+    datasets/<name>/manifest.parquet, datasets/training_manifest.parquet
+
+Only validated partition keys and fixed names become paths: nothing from an upload's name does.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from dagster_deepfake.storage.keys import require_partition_key
+
+# Extensions kept for the ingested copy (the name only helps people; the probe gate decides).
+SOURCE_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+SALIENCY_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\.png$")
+DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+def video_rel(video_id: str, *parts: str) -> str:
+    return "/".join(["videos", require_partition_key(video_id), *parts])
+
+
+def table_rel(name: str, version: int, video_id: str) -> str:
+    return f"{table_folder(name, version)}/{require_partition_key(video_id)}.parquet"
+
+
+def table_folder(name: str, version: int) -> str:
+    return f"tables/{name}/v{version}"
+
+
+# -- raw_video / frames -------------------------------------------------------------------------
+
+
+def source_rel(video_id: str, file_name: str = "") -> str:
+    """The ingested copy; its extension follows the upload's when it is a known video suffix."""
+    ext = posixpath.splitext(file_name)[1].lower()
+    return video_rel(video_id, "source" + (ext if ext in SOURCE_EXTENSIONS else ".mp4"))
+
+
+def source_names(names: list[str]) -> list[str]:
+    """The ingested copies among a listing of `video_rel(video_id)`."""
+    return [n for n in names if n.startswith("source")]
+
+
+def frames_dir(video_id: str) -> str:
+    return video_rel(video_id, "frames")
+
+
+def frame_rel(video_id: str, frame_id: int) -> str:
+    return video_rel(video_id, "frames", f"{frame_id:06d}.png")
+
+
+# -- faces / flow ---------------------------------------------------------------------------------
+
+
+def crops_rel(video_id: str) -> str:
+    return video_rel(video_id, "faces", "crops.npy")
+
+
+def face_strip_rel(video_id: str) -> str:
+    return video_rel(video_id, "faces", "strip.png")
+
+
+def flow_fields_rel(video_id: str) -> str:
+    return video_rel(video_id, "flow", "fields.npy")
+
+
+# -- audio ----------------------------------------------------------------------------------------
+
+
+def audio_dir(video_id: str) -> str:
+    return video_rel(video_id, "audio")
+
+
+def pcm_rel(video_id: str) -> str:
+    return video_rel(video_id, "audio", "pcm16k.npy")
+
+
+def speech_mask_rel(video_id: str) -> str:
+    return video_rel(video_id, "audio", "speech_mask_20ms.npy")
+
+
+def audio_embeddings_rel(video_id: str, member: int = 0) -> str:
+    """Ensemble member `member`'s own wav2vec2 embeddings (each member has its own audio encoder)."""
+    return video_rel(video_id, "audio", f"embeddings_{member}.npy")
+
+
+def audio_valid_rel(video_id: str, member: int = 0) -> str:
+    return video_rel(video_id, "audio", f"embeddings_valid_{member}.npy")
+
+
+# -- saliency -------------------------------------------------------------------------------------
+
+
+def saliency_dir(video_id: str) -> str:
+    return video_rel(video_id, "saliency")
+
+
+def saliency_rel(video_id: str, name: str) -> str:
+    if not SALIENCY_NAME_RE.match(name):
+        raise ValueError(f"not a heat map name: {name!r}")
+    return video_rel(video_id, "saliency", name)
+
+
+def saliency_names(frame_id: int) -> tuple[str, str]:
+    """Stable names: the same frame of the same video always has the same file names."""
+    return f"frame_{frame_id:06d}_face.png", f"frame_{frame_id:06d}_frame.png"
+
+
+def explanation_rel(video_id: str) -> str:
+    return video_rel(video_id, "saliency", "explanation.json")
+
+
+def saliency_route(video_id: str, name: str) -> str:
+    """The API's route that serves a heat map of a local artifact store."""
+    return f"/jobs/{require_partition_key(video_id)}/saliency/{name}"
+
+
+# -- datasets -------------------------------------------------------------------------------------
+
+DATASETS_DIR = "datasets"
+TRAINING_MANIFEST_REL = "datasets/training_manifest.parquet"
+
+
+def dataset_manifest_rel(name: str) -> str:
+    if not DATASET_NAME_RE.match(name):
+        raise ValueError(f"not a dataset name: {name!r}")
+    return f"{DATASETS_DIR}/{name}/manifest.parquet"

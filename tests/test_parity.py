@@ -1,0 +1,91 @@
+"""`analyze` (in-process) and the `analyze_video` assets run the same stages and the same document
+builder: their result documents agree field by field, apart from timings and URLs.
+
+The clip has speech, so the audio branch, VAD, modality agreement and audio anomalies are all
+compared. Both paths serve the same untrained `tiny` checkpoint in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
+from dagster_deepfake.analyze import analyze_file
+from dagster_deepfake.config import ModelConfig
+from dagster_deepfake.ingest import register_object
+from dagster_deepfake.storage.bucket import UploadBucket
+from dagster_deepfake.synthetic import generate_clip
+from resources import default_resources
+
+# Keys that say how long something took or where a file lies: they differ by nature.
+VOLATILE = {"processing_time_sec", "timings_sec", "saliency_url"}
+
+
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            if key not in VOLATILE:
+                out.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return out
+    if isinstance(value, list):
+        out = {f"{prefix}[#]": len(value)}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _materialize(settings, db, path: Path) -> dict:
+    bucket = UploadBucket(settings.platform.upload_uri, settings.platform.upload_suffixes)
+    reg = register_object(bucket, bucket.put_file(str(path), path.name), db)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [reg.video_id])
+    result = dg.materialize(
+        [*PER_VIDEO_ASSETS, *ASSET_CHECKS],
+        partition_key=reg.video_id,
+        resources=default_resources(settings),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return db.get_job(reg.video_id)["result"]
+
+
+@pytest.mark.slow
+def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch):
+    # fp32 on every CPU (this one may have native bf16): both paths then agree to 1e-5.
+    monkeypatch.setattr("dagster_deepfake.models.inference.cpu_supports_bf16", lambda *a: False)
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
+    settings.platform.model_dir = str(tmp_path / "models")
+    clip = generate_clip(tmp_path / "talk.mp4", seed=11, duration=3.0, width=320, height=240, audio="speech")
+
+    in_process = analyze_file(clip.path, settings, device="cpu", out_dir=tmp_path / "heat").document
+    through_dagster = _materialize(settings, db, clip.path)
+
+    a, b = _flatten(in_process), _flatten(through_dagster)
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+    assert len(a) > 60  # the whole document, not a stub
+    differ = []
+    for key in sorted(a):
+        x, y = a[key], b[key]
+        if isinstance(x, float) or isinstance(y, float):
+            if not math.isclose(float(x), float(y), rel_tol=0, abs_tol=1e-5):
+                differ.append((key, x, y))
+        elif x != y:
+            differ.append((key, x, y))
+    assert not differ, differ[:10]
+
+    # What the comparison rests on is there: speech was heard, windows and heat maps exist.
+    assert in_process["additions"]["modalities_used"] == ["video", "audio"]
+    assert in_process["prediction"]["modality_agreement"] is not None
+    assert len(in_process["prediction"]["anomalous_frames"]) == 5
+    assert in_process["additions"]["probe"]["codec"] == "h264"
+    # The in-process heat maps are real files, the Dagster ones the API's route.
+    for frame in in_process["prediction"]["anomalous_frames"]:
+        assert Path(frame["saliency_url"].removeprefix("file://")).read_bytes()[:4] == b"\x89PNG"
+    assert through_dagster["prediction"]["anomalous_frames"][0]["saliency_url"].startswith("/jobs/")
