@@ -35,3 +35,16 @@ class DeviceUnavailableError(DeepfakeError):
 
 class MissingDependencyError(DeepfakeError):
     """A required external program (ffmpeg, ffprobe, …) is not installed."""
+
+
+class ConfigError(DeepfakeError):
+    """The settings file holds an unknown key or a value the code cannot honour.
+
+    `str()` is one line: ``config/config.yaml: model.fusion.strategy: only 'cross_attention'
+    is implemented (got 'concat')``.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{source}: {message}" if source else message)

@@ -117,6 +117,7 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
             checkpoint=p.checkpoint,
             model_dir=p.model_dir,
             registry_config=s.model.registry_config,
+            model_json=s.model.model_dump_json(),
             ensemble_size=s.inference.ensemble_size,
         ),
     }
@@ -126,17 +127,20 @@ class ModelStoreResource(dg.ConfigurableResource):
     """The checkpoints that serve predictions, loaded once per process.
 
     `checkpoint` null: `<model_dir>/current` if training published one, else an untrained
-    `registry_config` model saved once with a fixed seed (flagged `trained: false`).
+    model of the settings' `model` section (`model_json`, resolved; without it the
+    `registry_config` variant alone) saved once with a fixed seed (flagged `trained: false`).
     """
 
     checkpoint: str | None = None
     model_dir: str
     registry_config: str
+    # `settings.model` as JSON: the architecture the YAML describes (variant + explicit keys).
+    model_json: str = ""
     ensemble_size: int = 1
 
     def load(self, device: str = "cpu"):
+        from dagster_deepfake.config import ModelConfig
         from dagster_deepfake.models.store import load_ensemble
 
-        return load_ensemble(
-            self.checkpoint, self.model_dir, self.registry_config, self.ensemble_size, device
-        )
+        model = ModelConfig.model_validate_json(self.model_json) if self.model_json else self.registry_config
+        return load_ensemble(self.checkpoint, self.model_dir, model, self.ensemble_size, device)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
+from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources
@@ -22,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture
 def server(settings, db, tmp_path):
-    settings.model.registry_config = "tiny"
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
     with serving_api(settings) as base:
         yield base

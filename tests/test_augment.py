@@ -75,11 +75,11 @@ def test_flip_alone_mirrors_every_frame(window):
 
 def test_switches_from_config(window):
     frames = window[..., :224, :224].contiguous()
-    all_off = AugmentationConfig(color_jitter=False, random_crop=False, horizontal_flip=False)
+    all_off = AugmentationConfig(color_jitter=False, random_crop=False, random_flip=False)
     for seed in range(3):
         out, _ = WindowAugment.from_config(all_off, seed=seed)(frames)
         assert torch.equal(out, frames)
-    jitter_only = AugmentationConfig(color_jitter=True, random_crop=False, horizontal_flip=False)
+    jitter_only = AugmentationConfig(color_jitter=True, random_crop=False, random_flip=False)
     means = {
         round(float(WindowAugment.from_config(jitter_only, seed=s)(frames)[0].float().mean()), 3)
         for s in range(4)

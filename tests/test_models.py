@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 from transformers import Wav2Vec2Model
 
-from dagster_deepfake.config import ModelConfig, TemporalConfig, TrainingConfig
+from dagster_deepfake.config import ModelConfig, TemporalModelConfig
 from dagster_deepfake.models import weights as weights_module
 from dagster_deepfake.models.audio import speech_mask_to_frames
 from dagster_deepfake.models.checkpoint import (
@@ -25,11 +25,11 @@ from dagster_deepfake.models.checkpoint import (
     read_manifest,
     save_checkpoint,
 )
-from dagster_deepfake.models.configuration import AudioEncoderConfig, DetectorConfig
+from dagster_deepfake.models.configuration import DetectorConfig
 from dagster_deepfake.models.describe import describe_detector, describe_model, format_description
 from dagster_deepfake.models.detector import DeepfakeDetector
 from dagster_deepfake.models.inference import predict_video
-from dagster_deepfake.models.registry import from_settings, get_model_config
+from dagster_deepfake.models.registry import get_model_config, resolve_model_config
 from dagster_deepfake.models.weights import PretrainedFlags, build_detector, load_pretrained_weights
 
 SAMPLE_RATE = 16000
@@ -112,10 +112,12 @@ def test_video_logits_average_only_valid_windows(tiny: DeepfakeDetector) -> None
 
 
 def test_transformer_temporal_encoder_from_settings() -> None:
-    settings_model = ModelConfig(registry_config="tiny", temporal=TemporalConfig(encoder_type="transformer"))
-    cfg = from_settings(settings_model)
+    settings_model = ModelConfig(
+        registry_config="tiny", temporal=TemporalModelConfig(encoder_type="transformer")
+    )
+    cfg = resolve_model_config(settings_model)
     assert cfg.temporal.encoder_type == "transformer"
-    assert cfg.audio.hidden_size == 32  # tiny sizes survive: only changed contract keys override
+    assert cfg.audio.hidden_size == 32  # tiny sizes survive: only explicitly set keys override
     model, _ = build_detector(cfg, pretrained=False, seed=0)
     model.eval()
     inputs = make_inputs(batch=1, frames=12)
@@ -126,13 +128,10 @@ def test_transformer_temporal_encoder_from_settings() -> None:
     assert torch.isfinite(out.video_features).all() and torch.isfinite(out.video_logits).all()
 
 
-def test_from_settings_defaults_and_overrides() -> None:
-    assert from_settings(ModelConfig()) == get_model_config("contract")
-    cfg = from_settings(ModelConfig(), TrainingConfig(modality_dropout=0.5))
-    assert cfg.fusion.modality_dropout == 0.5
-    bad = ModelConfig.model_validate({"audio": {"fine_tune_blocks": 3}})
-    with pytest.raises(ValidationError, match="does not add up"):
-        from_settings(bad)
+def test_resolve_model_config_defaults_and_errors() -> None:
+    assert resolve_model_config(ModelConfig()) == get_model_config("contract")
+    with pytest.raises(ValidationError, match="must add up"):
+        ModelConfig.model_validate({"audio": {"fine_tune_blocks": 3}})
     with pytest.raises(KeyError, match="registered"):
         get_model_config("nope")
 
@@ -194,8 +193,8 @@ def test_backward_reaches_only_trainable_parameters() -> None:
 
 
 def test_freeze_policy_must_add_up() -> None:
-    with pytest.raises(ValidationError, match="does not add up"):
-        AudioEncoderConfig(num_encoder_blocks=12, freeze_encoder_blocks=8, fine_tune_blocks=3)
+    with pytest.raises(ValidationError, match="must add up to the encoder's depth"):
+        ModelConfig(audio={"num_encoder_blocks": 12, "freeze_encoder_blocks": 8, "fine_tune_blocks": 3})
 
 
 # -- audio fallbacks and modality dropout ----------------------------------------------------
@@ -245,9 +244,8 @@ def test_non_speech_frames_are_not_attended(tiny: DeepfakeDetector) -> None:
 
 
 def test_modality_dropout_only_in_training() -> None:
-    cfg = get_model_config("tiny")
-    cfg.fusion.modality_dropout = 1.0
-    model, _ = build_detector(cfg, pretrained=False, seed=0)
+    model, _ = build_detector(get_model_config("tiny"), pretrained=False, seed=0)
+    model.fusion.modality_dropout = 1.0  # what the trainer sets from training.modality_dropout_prob
     inputs = make_inputs(batch=3, frames=5, seconds=1.0)
     model.eval()
     assert run(model, **inputs).audio_used.all()
@@ -321,9 +319,9 @@ def test_weights_load_from_local_sources(tmp_path: Path, caplog: pytest.LogCaptu
     save_file(source_backbone.state_dict(), str(tmp_path / "backbone.safetensors"))
 
     local = cfg.model_copy(deep=True)
-    local.allow_pretrained = True
+    local.audio.pretrained = local.video.pretrained = True
     local.audio.encoder = str(tmp_path / "w2v")
-    local.video.backbone_weights = str(tmp_path / "backbone.safetensors")
+    local.video.weights = str(tmp_path / "backbone.safetensors")
     model, flags = build_detector(local, seed=0)
     assert flags == PretrainedFlags(audio_encoder=True, video_backbone=True)
     name = "encoder.layers.1.attention.k_proj.weight"
@@ -333,9 +331,9 @@ def test_weights_load_from_local_sources(tmp_path: Path, caplog: pytest.LogCaptu
     _check_freeze_policy(model)  # loading weights must not undo the freeze policy
 
     missing = cfg.model_copy(deep=True)
-    missing.allow_pretrained = True
+    missing.audio.pretrained = missing.video.pretrained = True
     missing.audio.encoder = str(tmp_path / "absent")
-    missing.video.backbone_weights = str(tmp_path / "absent.safetensors")
+    missing.video.weights = str(tmp_path / "absent.safetensors")
     with caplog.at_level(logging.WARNING):
         _, flags = build_detector(missing, seed=0, allow_download=True)
     assert flags == PretrainedFlags()

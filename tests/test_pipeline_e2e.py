@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
+from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -20,7 +21,7 @@ from tests.conftest import shared_clip
 
 @pytest.fixture
 def tiny_settings(settings, tmp_path):
-    settings.model.registry_config = "tiny"
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
     return settings
 

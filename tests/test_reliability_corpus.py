@@ -21,6 +21,7 @@ import dagster as dg
 import pytest
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
+from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.synthetic import generate_clip
@@ -204,7 +205,7 @@ def _cli(path: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_corpus(corpus, settings, db, tmp_path):
-    settings.model.registry_config = "tiny"
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
     settings.platform.max_duration_seconds = 5  # the "long" case is 8 s
     env = {**os.environ, "DAGSTER_DEEPFAKE_MODEL_DIR": settings.platform.model_dir}

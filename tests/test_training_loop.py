@@ -214,7 +214,8 @@ def test_training_lowers_the_loss_and_writes_a_trained_checkpoint(dataset, train
     assert [h.step for h in result.history] == list(range(2, 31, 2))  # 6 videos, batch 4
     assert manifest.trained and manifest.weights_label == "trained"
     assert manifest.training_data_hash == "abc123"
-    assert manifest.detector_config.fusion.modality_dropout == TrainingConfig().modality_dropout
+    assert manifest.training is not None
+    assert manifest.training["modality_dropout_prob"] == TrainingConfig().modality_dropout_prob
     best = read_manifest(result.best_checkpoint)
     aucs = [h.val_auc for h in result.history]
     assert best.metrics["val_auc"] == pytest.approx(max(aucs)) == pytest.approx(result.best_val_auc)
@@ -230,7 +231,7 @@ def test_modality_dropout_applies_to_training_clips_only(dataset, tmp_path: Path
             ids[2:6],
             ids[6:8],
             source,
-            _cfg(modality_dropout=p, epochs=1),
+            _cfg(modality_dropout_prob=p, epochs=1),
             tmp_path / str(p),
             image_size=CROP,
         )
@@ -323,7 +324,7 @@ def test_evaluation_metrics_match_sklearn_and_serving(dataset, trained) -> None:
 def test_config_mismatch_refuses_to_resume(dataset, trained) -> None:
     result, out = trained
     other = get_model_config("tiny")
-    other.head.dropout = 0.5
+    other.classification.dropout = 0.5
     ids = dataset["ids"]
     with pytest.raises(ValueError, match="another model config"):
         train_detector(other, ids[:4], ids[6:], dataset["source"], _cfg(), out, image_size=CROP)

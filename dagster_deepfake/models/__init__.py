@@ -11,12 +11,12 @@ from .checkpoint import (
     model_store,
     save_checkpoint,
 )
-from .configuration import DetectorConfig
+from .configuration import DetectorConfig, ModelConfig
 from .describe import BlockSummary, describe_model, format_description
 from .detector import DeepfakeDetector, DetectorOutput
 from .fusion import ClassificationHead, CrossModalFusion
 from .inference import VideoPrediction, predict_video
-from .registry import from_settings, get_model_config, list_model_configs, register_model_config
+from .registry import get_model_config, list_model_configs, register_model_config, resolve_model_config
 from .video import FrameEncoder, VideoEncoder
 from .weights import PretrainedFlags, build_detector, load_pretrained_weights
 
@@ -29,6 +29,7 @@ __all__ = [
     "DeepfakeDetector",
     "DetectorConfig",
     "DetectorOutput",
+    "ModelConfig",
     "FrameEncoder",
     "ModelStore",
     "PretrainedFlags",
@@ -38,7 +39,6 @@ __all__ = [
     "build_untrained",
     "describe_model",
     "format_description",
-    "from_settings",
     "get_model_config",
     "list_model_configs",
     "load_checkpoint",
@@ -46,5 +46,6 @@ __all__ = [
     "model_store",
     "predict_video",
     "register_model_config",
+    "resolve_model_config",
     "save_checkpoint",
 ]

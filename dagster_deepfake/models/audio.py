@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Wav2Vec2Model
 
-from .configuration import AudioEncoderConfig
+from .configuration import AudioModelConfig
 
 
-def apply_freeze_policy(wav2vec2: Wav2Vec2Model, config: AudioEncoderConfig) -> None:
+def apply_freeze_policy(wav2vec2: Wav2Vec2Model, config: AudioModelConfig) -> None:
     """Set `requires_grad` on a wav2vec2 model according to the contract's freeze policy.
 
     Frozen: the CNN feature encoder (if `freeze_feature_encoder`) and transformer layers
@@ -80,7 +80,7 @@ class AudioEncoder(nn.Module):
     frames that are not speech (per the VAD mask) so fusion never attends to silence.
     """
 
-    def __init__(self, config: AudioEncoderConfig, wav2vec2: Wav2Vec2Model | None = None) -> None:
+    def __init__(self, config: AudioModelConfig, wav2vec2: Wav2Vec2Model | None = None) -> None:
         super().__init__()
         self.config = config
         self.wav2vec2 = wav2vec2 if wav2vec2 is not None else Wav2Vec2Model(config.to_wav2vec2_config())

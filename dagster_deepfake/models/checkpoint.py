@@ -19,7 +19,7 @@ from safetensors.torch import load_file, load_model, save_model
 
 from .configuration import DetectorConfig
 from .detector import DeepfakeDetector
-from .registry import get_model_config
+from .registry import resolve_model_config
 from .weights import PretrainedFlags, build_detector
 
 WEIGHTS_FILE = "model.safetensors"
@@ -39,6 +39,8 @@ class CheckpointManifest(BaseModel):
     # "synthetic-demo"): reports say "trained on …" so synthetic-only training is never hidden.
     training_data: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    # `settings.training` of the run that trained the weights (optimizer, lr, λ, modality dropout …).
+    training: dict[str, Any] | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -125,7 +127,7 @@ def build_untrained(
     With `pretrained=True` published backbone weights are used where locally available; the
     manifest's flags say which. Useful before any training has run (demo, pipeline tests).
     """
-    config = get_model_config(config_name) if isinstance(config_name, str) else config_name
+    config = resolve_model_config(config_name)
     model, flags = build_detector(config, pretrained=pretrained, seed=seed)
     model.eval()
     manifest = CheckpointManifest.for_model(

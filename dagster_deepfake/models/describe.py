@@ -7,10 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .configuration import DetectorConfig
+from .configuration import DetectorConfig, ModelConfig
 from .detector import DeepfakeDetector
-from .registry import get_model_config
+from .registry import resolve_model_config
 from .weights import PretrainedFlags, build_detector
+
+#: Side of the zero faces the shape probe runs (any size works: the backbone pools globally).
+PROBE_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def _probe_shapes(model: DeepfakeDetector) -> dict[str, int]:
     """Run one small forward (1 video × window_frames+1 faces, 1 s of speech) to read real widths."""
     config = model.config
     frames = config.temporal.window_frames + 1
-    size = config.video.input_size
+    size = PROBE_SIZE
     faces = torch.zeros(1, frames, 3, size, size)
     flow = torch.zeros(1, frames, config.video.flow_features)
     waveform = torch.randn(1, config.audio.sample_rate, generator=torch.Generator().manual_seed(0))
@@ -119,9 +122,12 @@ def describe_detector(model: DeepfakeDetector, pretrained: PretrainedFlags | Non
     return ModelDescription(config.name, config.config_hash(), blocks, pretrained or PretrainedFlags())
 
 
-def describe_model(name: str = "contract", *, pretrained: bool = False) -> ModelDescription:
-    """Build the named variant (random init unless `pretrained`; never downloads) and describe it."""
-    model, flags = build_detector(get_model_config(name), pretrained=pretrained, seed=0)
+def describe_model(
+    model_config: ModelConfig | str | None = "contract", *, pretrained: bool = False
+) -> ModelDescription:
+    """Build a variant by name or a config (`settings.model`), random init unless `pretrained`
+    (never downloads), and describe it."""
+    model, flags = build_detector(resolve_model_config(model_config), pretrained=pretrained, seed=0)
     return describe_detector(model, flags)
 
 

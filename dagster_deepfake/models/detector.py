@@ -54,7 +54,7 @@ class DeepfakeDetector(nn.Module):
         self.video_encoder = VideoEncoder(config.video, config.temporal)
         self.audio_encoder = AudioEncoder(config.audio)
         self.fusion = CrossModalFusion(config.temporal.output_dim, config.fusion)
-        self.head = ClassificationHead(config.fusion.output_dim, config.head)
+        self.head = ClassificationHead(config.fusion.output_dim, config.classification)
 
     # -- inputs ---------------------------------------------------------------------------
     def preprocess_faces(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .configuration import FusionConfig, HeadConfig
+from .configuration import ClassificationConfig, FusionModelConfig
 
 
 class CrossModalFusion(nn.Module):
@@ -17,15 +17,16 @@ class CrossModalFusion(nn.Module):
 
     A sample uses the `no_audio` embedding instead of attention when it has no audio, no
     valid (speech) frame, when `force_no_audio` is set (the video-only path for modality
-    agreement), or — in training mode only — with probability `modality_dropout`.
+    agreement), or — in training mode only — with probability `modality_dropout` (`training.modality_dropout_prob`).
     """
 
-    def __init__(self, video_dim: int, config: FusionConfig) -> None:
+    def __init__(self, video_dim: int, config: FusionModelConfig, modality_dropout: float = 0.0) -> None:
         super().__init__()
-        self.modality_dropout = config.modality_dropout
+        # Set by the trainer from `training.modality_dropout_prob` (0 outside training).
+        self.modality_dropout = modality_dropout
         self.query_projection = nn.Linear(video_dim, config.hidden_dim)
         self.attention = nn.MultiheadAttention(
-            config.hidden_dim, config.num_heads, dropout=config.attention_dropout, batch_first=True
+            config.hidden_dim, config.attention_heads, dropout=config.attention_dropout, batch_first=True
         )
         self.no_audio = nn.Parameter(torch.zeros(config.hidden_dim))
         nn.init.normal_(self.no_audio, std=0.02)
@@ -67,7 +68,7 @@ class CrossModalFusion(nn.Module):
 class ClassificationHead(nn.Module):
     """Dropout + linear. forward((..., in_dim)) -> (..., num_classes) logits [real, fake]."""
 
-    def __init__(self, in_dim: int, config: HeadConfig) -> None:
+    def __init__(self, in_dim: int, config: ClassificationConfig) -> None:
         super().__init__()
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(in_dim, config.num_classes)

@@ -1,124 +1,41 @@
-"""Named detector configurations (the timm `_registry.py` pattern, for configs of one architecture).
+"""Named detector variants: layers of values over the contract (timm's pretrained-cfg overlays).
 
->>> cfg = get_model_config("tiny")
+>>> cfg = get_model_config("tiny")                        # the tiny variant alone
+>>> cfg = resolve_model_config(settings.model)            # doctest: +SKIP  (what the YAML builds)
 >>> model = DeepfakeDetector(cfg)                         # doctest: +SKIP
 
-`from_settings(settings.model)` picks the variant named by `model.registry_config` and applies
-every contract key the YAML changed from its contract default.
+A variant is a dict of sections → values (`MODEL_VARIANTS` in `dagster_deepfake.config`).
+`settings.model.registry_config` names one; the keys the YAML sets explicitly win over it,
+the rest take the variant's value, and derived sizes follow. `resolve_model_config` is the
+one function that turns settings into the config that training, serving's untrained
+fallback and `model describe` build.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
 from typing import Any
 
-from dagster_deepfake.config import ModelConfig, TrainingConfig
+from dagster_deepfake.config import MODEL_VARIANTS, ModelConfig, resolve_model_config
 
-from .configuration import (
-    AudioEncoderConfig,
-    DetectorConfig,
-    FrameEncoderConfig,
-    FusionConfig,
-    HeadConfig,
-    TemporalEncoderConfig,
-)
-
-_MODEL_CONFIGS: dict[str, Callable[[], DetectorConfig]] = {}
+__all__ = ["get_model_config", "list_model_configs", "register_model_config", "resolve_model_config"]
 
 
-def register_model_config(
-    name: str,
-) -> Callable[[Callable[[], DetectorConfig]], Callable[[], DetectorConfig]]:
-    """Decorator: register a zero-argument factory returning a `DetectorConfig` under `name`."""
-
-    def decorate(factory: Callable[[], DetectorConfig]) -> Callable[[], DetectorConfig]:
-        if name in _MODEL_CONFIGS:
-            raise ValueError(f"model config {name!r} is already registered")
-        _MODEL_CONFIGS[name] = factory
-        return factory
-
-    return decorate
+def register_model_config(name: str, layer: dict[str, dict[str, Any]]) -> None:
+    """Register a variant: `layer` maps sections (audio, video, temporal, fusion, classification)
+    to the values that differ from the contract."""
+    if name in MODEL_VARIANTS:
+        raise ValueError(f"model config {name!r} is already registered")
+    ModelConfig.model_validate({"registry_config": "contract", **copy.deepcopy(layer)})  # fails early
+    MODEL_VARIANTS[name] = copy.deepcopy(layer)
 
 
 def list_model_configs() -> list[str]:
-    return sorted(_MODEL_CONFIGS)
+    return sorted(MODEL_VARIANTS)
 
 
-def get_model_config(name: str) -> DetectorConfig:
-    """A fresh copy of the named configuration (callers may mutate it)."""
-    try:
-        factory = _MODEL_CONFIGS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown model config {name!r}; registered: {', '.join(list_model_configs())}"
-        ) from None
-    config = factory()
-    config.name = name
-    return config
-
-
-@register_model_config("contract")
-def _contract() -> DetectorConfig:
-    """DESIGN §1: wav2vec2-base (8 frozen + 4 fine-tuned layers) → 512; EfficientNet-B3 1536 + 2
-    flow → 1538; Conv1d over 5-frame windows → 2048; cross-modal attention 512×4 heads → 2560 → 2."""
-    return DetectorConfig()
-
-
-@register_model_config("tiny")
-def _tiny() -> DetectorConfig:
-    """The same classes at toy sizes: tests and CPU demos. Never looks for pretrained weights."""
-    return DetectorConfig(
-        audio=AudioEncoderConfig(
-            encoder="tiny-wav2vec2",
-            hidden_size=32,
-            num_encoder_blocks=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            # Same kernels and strides as wav2vec2-base (20 ms frames), narrow channels.
-            conv_dim=(32, 32, 32, 32, 32, 32, 32),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            freeze_encoder_blocks=1,
-            fine_tune_blocks=1,
-            projection_dim=32,
-        ),
-        video=FrameEncoderConfig(backbone="test_efficientnet", feature_dim=256),
-        temporal=TemporalEncoderConfig(
-            output_dim=64, transformer_dim=32, transformer_layers=1, transformer_heads=4
-        ),
-        fusion=FusionConfig(hidden_dim=32, num_heads=4, output_dim=96),
-        head=HeadConfig(),
-        allow_pretrained=False,
-    )
-
-
-# Contract keys (config.ModelConfig section → DetectorConfig section) that YAML may override.
-_SECTIONS = {"audio": "audio", "video": "video", "temporal": "temporal", "fusion": "fusion", "head": "head"}
-
-
-def from_settings(model: ModelConfig, training: TrainingConfig | None = None) -> DetectorConfig:
-    """Resolve `settings.model` into a `DetectorConfig`.
-
-    Starts from the registry entry `model.registry_config`, then applies each contract key
-    whose value differs from its contract default (so `registry_config: tiny` keeps the toy
-    sizes while e.g. `temporal.encoder_type: transformer` still takes effect). Passing
-    `settings.training` also carries `modality_dropout`.
-    """
-    config = get_model_config(model.registry_config)
-    defaults = ModelConfig()
-    updates: dict[str, dict[str, Any]] = {}
-    for section, target in _SECTIONS.items():
-        given = getattr(model, section).model_dump()
-        default = getattr(defaults, section).model_dump()
-        changed = {k: v for k, v in given.items() if v != default[k]}
-        if changed:
-            updates.setdefault(target, {}).update(changed)
-    if training is not None:
-        updates.setdefault("fusion", {})["modality_dropout"] = training.modality_dropout
-    if not updates:
-        return config
-    merged = config.model_dump()
-    for section, changed in updates.items():
-        merged[section].update(changed)
-    # Re-validate so a changed key that breaks an invariant fails here, with its name.
-    return DetectorConfig.model_validate(merged)
+def get_model_config(name: str) -> ModelConfig:
+    """A fresh copy of the named variant over the contract defaults (callers may mutate it)."""
+    if name not in MODEL_VARIANTS:
+        raise KeyError(f"unknown model config {name!r}; registered: {', '.join(list_model_configs())}")
+    return resolve_model_config(name)

@@ -1,14 +1,20 @@
 """Which checkpoint serves predictions, and an honest untrained fallback saved once.
 
 Order: an explicit checkpoint folder → `<model_dir>/current` (where training publishes) →
-`<model_dir>/untrained-<config>` (built once with a fixed seed and saved, so every process
-and every run uses the very same random weights and says so: `trained: false`).
+`<model_dir>/untrained-<variant>-<config_hash>` (built once from `settings.model` resolved by
+`resolve_model_config`, with a fixed seed, and saved, so every process and every run uses the
+very same random weights and says so: `trained: false`). The fallback is keyed by the config
+hash, so `model.fusion.attention_heads: 8` in the YAML really serves 8 heads.
+
+A trained checkpoint keeps the architecture stored in its manifest; when the YAML's resolved
+`model` section describes another one, a WARNING names the keys that differ.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -17,8 +23,10 @@ from dagster_deepfake.models.checkpoint import (
     CheckpointManifest,
     build_untrained,
     model_store,
+    read_manifest,
     save_checkpoint,
 )
+from dagster_deepfake.models.configuration import ModelConfig, resolve_model_config
 from dagster_deepfake.models.detector import DeepfakeDetector
 
 log = logging.getLogger(__name__)
@@ -29,8 +37,50 @@ def current_checkpoint_dir(model_dir: str) -> Path:
     return Path(model_dir) / "current"
 
 
-def resolve_checkpoint(checkpoint: str | None, model_dir: str, registry_config: str) -> Path:
-    """The checkpoint folder to serve, creating the untrained fallback if needed."""
+def untrained_checkpoint_dir(model_dir: str, config: ModelConfig) -> Path:
+    """Where the untrained fallback of exactly this architecture is saved."""
+    return Path(model_dir) / f"untrained-{config.registry_config}-{config.config_hash()}"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(wanted: ModelConfig, stored: ModelConfig) -> list[str]:
+    """`model.<key>: yaml X, checkpoint Y` for every key where two configs differ (variant name aside)."""
+    a = _flatten(wanted.model_dump(mode="json", exclude={"registry_config"}))
+    b = _flatten(stored.model_dump(mode="json", exclude={"registry_config"}))
+    return [
+        f"model.{k}: yaml {a.get(k)!r}, checkpoint {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)
+    ]
+
+
+def warn_if_config_differs(path: Path, wanted: ModelConfig, stored: ModelConfig) -> list[str]:
+    """Log (and return) one WARNING when the checkpoint's architecture is not the YAML's."""
+    diffs = config_differences(wanted, stored)
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; … {len(diffs) - 5} more" if len(diffs) > 5 else "")
+        log.warning(
+            "checkpoint %s was built with another model config than the settings describe "
+            "(it is served with its own): %s",
+            path,
+            shown,
+        )
+    return diffs
+
+
+def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: ModelConfig | str) -> Path:
+    """The checkpoint folder to serve, creating the untrained fallback if needed.
+
+    `model_config`: `settings.model` (or a variant name), resolved by `resolve_model_config`.
+    """
+    config = resolve_model_config(model_config)
     if checkpoint:
         path = Path(checkpoint)
         if not (path / MANIFEST_FILE).is_file():
@@ -39,39 +89,47 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, registry_config: 
     current = current_checkpoint_dir(model_dir)
     if (current / MANIFEST_FILE).is_file():
         return current
-    fallback = Path(model_dir) / f"untrained-{registry_config}"
+    fallback = untrained_checkpoint_dir(model_dir, config)
     if not (fallback / MANIFEST_FILE).is_file():
         fallback.parent.mkdir(parents=True, exist_ok=True)
         # Two runs starting together must not both write the same files.
-        with FileLock(str(fallback.parent / f".untrained-{registry_config}.lock")):
+        with FileLock(str(fallback.parent / f".{fallback.name}.lock")):
             if not (fallback / MANIFEST_FILE).is_file():
                 log.warning(
                     "no trained checkpoint: serving an UNTRAINED %s model (random init, pretrained: false) from %s",
-                    registry_config,
+                    config.registry_config,
                     fallback,
                 )
-                model, manifest = build_untrained(registry_config, seed=0)
+                model, manifest = build_untrained(config, seed=0)
                 save_checkpoint(fallback, model, manifest)
     return fallback
 
 
 def load_serving_model(
-    checkpoint: str | None, model_dir: str, registry_config: str, device: str = "cpu"
+    checkpoint: str | None, model_dir: str, model_config: ModelConfig | str, device: str = "cpu"
 ) -> tuple[DeepfakeDetector, CheckpointManifest]:
     """The model that serves predictions, loaded once per process (see `ModelStore`)."""
-    path = resolve_checkpoint(checkpoint, model_dir, registry_config)
-    return model_store.get(path, map_location=device)
+    config = resolve_model_config(model_config)
+    path = resolve_checkpoint(checkpoint, model_dir, config)
+    model, manifest = model_store.get(path, map_location=device)
+    if manifest.trained or checkpoint:
+        warn_if_config_differs(path, config, manifest.detector_config)
+    return model, manifest
 
 
 def load_ensemble(
-    checkpoint: str | None, model_dir: str, registry_config: str, ensemble_size: int, device: str = "cpu"
+    checkpoint: str | None,
+    model_dir: str,
+    model_config: ModelConfig | str,
+    ensemble_size: int,
+    device: str = "cpu",
 ) -> tuple[list[tuple[DeepfakeDetector, CheckpointManifest]], list[str]]:
     """The serving model plus up to `ensemble_size - 1` members from `<model_dir>/ensemble/*`.
 
     Returns the members and warnings (e.g. fewer checkpoints than asked for: the interval then
     falls back to the window bootstrap, and the report says so).
     """
-    members = [load_serving_model(checkpoint, model_dir, registry_config, device)]
+    members = [load_serving_model(checkpoint, model_dir, model_config, device)]
     warnings: list[str] = []
     if ensemble_size > 1:
         folder = Path(model_dir) / "ensemble"
@@ -89,3 +147,15 @@ def load_ensemble(
             "weights are untrained (random initialisation): this verdict carries no forensic meaning"
         )
     return members, warnings
+
+
+__all__ = [
+    "config_differences",
+    "current_checkpoint_dir",
+    "load_ensemble",
+    "load_serving_model",
+    "read_manifest",
+    "resolve_checkpoint",
+    "untrained_checkpoint_dir",
+    "warn_if_config_differs",
+]

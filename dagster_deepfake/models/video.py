@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration import FrameEncoderConfig, TemporalEncoderConfig
+from .configuration import TemporalModelConfig, VideoModelConfig
 
 
 def backbone_output_dim(backbone: nn.Module) -> int:
@@ -26,9 +26,12 @@ class FrameEncoder(nn.Module):
     """timm image backbone with its classifier removed.
 
     forward(faces (M, 3, H, W) normalised float) -> (M, feature_dim)   [1536 for EfficientNet-B3]
+
+    `video.freeze_backbone`: its parameters get no gradient and it stays in eval mode (batch
+    norm statistics and dropout frozen) even while the rest of the detector trains.
     """
 
-    def __init__(self, config: FrameEncoderConfig, backbone: nn.Module | None = None) -> None:
+    def __init__(self, config: VideoModelConfig, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.backbone = (
@@ -44,6 +47,16 @@ class FrameEncoder(nn.Module):
             )
         # channels_last is the fast layout for convolutions on CPU (DESIGN §7: 12.7 s → 7.3 s).
         self.backbone.to(memory_format=torch.channels_last)
+        self.frozen = config.freeze_backbone
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> FrameEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
 
     def data_config(self) -> dict[str, object]:
         """timm's preprocessing for this backbone (mean, std, interpolation …)."""
@@ -88,7 +101,7 @@ class Conv1dTemporalEncoder(nn.Module):
     forward(windows (B, W, K, D_in), mask (B, W, K)) -> (B, W, output_dim)   [D_in 1538 → 2048]
     """
 
-    def __init__(self, input_dim: int, config: TemporalEncoderConfig) -> None:
+    def __init__(self, input_dim: int, config: TemporalModelConfig) -> None:
         super().__init__()
         self.conv = nn.Conv1d(
             input_dim, config.output_dim, config.conv_kernel_size, padding=config.conv_kernel_size // 2
@@ -109,7 +122,7 @@ class TransformerTemporalEncoder(nn.Module):
     forward(windows (B, W, K, D_in), mask (B, W, K)) -> (B, W, output_dim)
     """
 
-    def __init__(self, input_dim: int, config: TemporalEncoderConfig) -> None:
+    def __init__(self, input_dim: int, config: TemporalModelConfig) -> None:
         super().__init__()
         self.input_projection = nn.Linear(input_dim, config.transformer_dim)
         self.position = nn.Parameter(torch.zeros(1, config.window_frames, config.transformer_dim))
@@ -138,13 +151,13 @@ class TransformerTemporalEncoder(nn.Module):
         return self.output_projection(pooled).view(batch, num_windows, -1)
 
 
-TEMPORAL_ENCODERS: dict[str, Callable[[int, TemporalEncoderConfig], nn.Module]] = {
+TEMPORAL_ENCODERS: dict[str, Callable[[int, TemporalModelConfig], nn.Module]] = {
     "conv1d": Conv1dTemporalEncoder,
     "transformer": TransformerTemporalEncoder,
 }
 
 
-def create_temporal_encoder(input_dim: int, config: TemporalEncoderConfig) -> nn.Module:
+def create_temporal_encoder(input_dim: int, config: TemporalModelConfig) -> nn.Module:
     try:
         factory = TEMPORAL_ENCODERS[config.encoder_type]
     except KeyError:
@@ -161,7 +174,7 @@ class VideoEncoder(nn.Module):
         -> window_features (B, W, output_dim), window_mask (B, W) bool
     """
 
-    def __init__(self, video: FrameEncoderConfig, temporal: TemporalEncoderConfig) -> None:
+    def __init__(self, video: VideoModelConfig, temporal: TemporalModelConfig) -> None:
         super().__init__()
         self.window_frames = temporal.window_frames
         self.temporal = create_temporal_encoder(video.frame_dim, temporal)

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import Wav2Vec2Model
 
 from .audio import apply_freeze_policy
-from .configuration import AudioEncoderConfig, DetectorConfig, FrameEncoderConfig
+from .configuration import AudioModelConfig, DetectorConfig, VideoModelConfig
 from .detector import DeepfakeDetector
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ def _may_download(allow_download: bool, timeout: float) -> bool:
 
 
 def load_wav2vec2(
-    config: AudioEncoderConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+    config: AudioModelConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
 ) -> Wav2Vec2Model | None:
-    """`Wav2Vec2Model.from_pretrained(config.encoder)` from a local folder or the HF cache, or
-    (when allowed and reachable) the hub; None when no weights can be had."""
-    source = config.encoder
+    """`Wav2Vec2Model.from_pretrained(config.source)` from a local folder or the HF cache, or
+    (when allowed and reachable) the hub; None when no weights can be had.
+
+    `config.source` is `model.audio.encoder` resolved: a local folder as is, `wav2vec2-base`
+    as `facebook/wav2vec2-base`."""
+    source = config.source
     try:
         return Wav2Vec2Model.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -122,14 +125,14 @@ def _cached_timm_weights(name: str, allow_download: bool, timeout: float) -> str
 
 
 def load_timm_backbone(
-    config: FrameEncoderConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+    config: VideoModelConfig, *, allow_download: bool = False, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
 ) -> nn.Module | None:
-    """`timm.create_model(backbone, pretrained=True, num_classes=0)` from `backbone_weights`
+    """`timm.create_model(backbone, pretrained=True, num_classes=0)` from `video.weights`
     (a local checkpoint file), the HF cache, or a bounded download; None when unavailable."""
-    if config.backbone_weights:
-        path = Path(config.backbone_weights).expanduser()
+    if config.weights:
+        path = Path(config.weights).expanduser()
         if not path.is_file():
-            logger.warning("video.backbone_weights %s does not exist", path)
+            logger.warning("model.video.weights %s does not exist", path)
             return None
         weights_file: str | None = str(path)
     else:
@@ -158,33 +161,39 @@ def load_pretrained_weights(
     """Copy published weights into a `DeepfakeDetector` where they can be had.
 
     Never raises for missing weights: each branch that stays random is named in one WARNING.
-    Configurations with `allow_pretrained=False` (the tiny variant) never look at all.
+    A branch whose `pretrained` is false (`model.audio.pretrained`, `model.video.pretrained`;
+    both false in the tiny variant) is not looked for at all: no file, no cache, no network.
     """
     flags = PretrainedFlags()
-    if not config.allow_pretrained:
-        return flags
-    wav2vec2 = load_wav2vec2(config.audio, allow_download=allow_download, timeout=timeout)
-    if wav2vec2 is not None:
-        model.audio_encoder.wav2vec2.load_state_dict(wav2vec2.state_dict())
-        apply_freeze_policy(model.audio_encoder.wav2vec2, config.audio)
-        flags.audio_encoder = True
-    backbone = load_timm_backbone(config.video, allow_download=allow_download, timeout=timeout)
-    if backbone is not None:
-        model.frame_encoder.backbone.load_state_dict(backbone.state_dict())
-        flags.video_backbone = True
+    if config.audio.pretrained:
+        wav2vec2 = load_wav2vec2(config.audio, allow_download=allow_download, timeout=timeout)
+        if wav2vec2 is not None:
+            model.audio_encoder.wav2vec2.load_state_dict(wav2vec2.state_dict())
+            apply_freeze_policy(model.audio_encoder.wav2vec2, config.audio)
+            flags.audio_encoder = True
+    if config.video.pretrained:
+        backbone = load_timm_backbone(config.video, allow_download=allow_download, timeout=timeout)
+        if backbone is not None:
+            model.frame_encoder.backbone.load_state_dict(backbone.state_dict())
+            flags.video_backbone = True
     missing = [
         f"{what} ({source})"
-        for what, source, ok in [
-            ("audio encoder", config.audio.encoder, flags.audio_encoder),
-            ("video backbone", config.video.backbone_weights or config.video.backbone, flags.video_backbone),
+        for what, source, wanted, ok in [
+            ("audio encoder", config.audio.source, config.audio.pretrained, flags.audio_encoder),
+            (
+                "video backbone",
+                config.video.weights or config.video.backbone,
+                config.video.pretrained,
+                flags.video_backbone,
+            ),
         ]
-        if not ok
+        if wanted and not ok
     ]
     if missing:
         logger.warning(
             "PRETRAINED WEIGHTS UNAVAILABLE for %s: using RANDOM INITIALISATION. Predictions of "
             "this model are not meaningful until it is trained (pretrained=false is recorded). "
-            "Provide a local folder/file (model.audio.encoder, model.video.backbone_weights) or "
+            "Provide a local folder/file (model.audio.encoder, model.video.weights) or "
             "allow downloads from a reachable hub.",
             ", ".join(missing),
         )

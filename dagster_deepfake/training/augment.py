@@ -61,7 +61,7 @@ class WindowAugment:
         train: bool = True,
         color_jitter: bool = True,
         random_crop: bool = True,
-        horizontal_flip: bool = True,
+        random_flip: bool = True,
         crop_scale: tuple[float, float] = (0.85, 1.0),
         crop_ratio: tuple[float, float] = (0.9, 1.1),
         brightness: float = 0.2,
@@ -81,7 +81,7 @@ class WindowAugment:
         self.train = train
         self.color_jitter = color_jitter
         self.random_crop = random_crop
-        self.horizontal_flip = horizontal_flip
+        self.random_flip = random_flip
         self.crop_scale = crop_scale
         self.crop_ratio = crop_ratio
         self.brightness = brightness
@@ -97,13 +97,14 @@ class WindowAugment:
     def from_config(
         cls, config: AugmentationConfig, *, size: int = 224, train: bool = True, seed: int | None = None
     ) -> WindowAugment:
-        """Build from ``training.augmentation`` (which switches each augmentation on or off)."""
+        """Build from ``data.augmentation``: each switch turns one augmentation on or off, and
+        ``enable: false`` turns all of them off."""
         return cls(
             size=size,
             train=train,
-            color_jitter=config.color_jitter,
-            random_crop=config.random_crop,
-            horizontal_flip=config.horizontal_flip,
+            color_jitter=config.enable and config.color_jitter,
+            random_crop=config.enable and config.random_crop,
+            random_flip=config.enable and config.random_flip,
             seed=seed,
         )
 
@@ -130,7 +131,7 @@ class WindowAugment:
         if not self.color_jitter:
             brightness, contrast, saturation, hue = 1.0, 1.0, 1.0, 0.0
         return AugmentParams(
-            flip=flip and self.horizontal_flip,
+            flip=flip and self.random_flip,
             crop_top=top,
             crop_left=left,
             crop_height=crop_h,

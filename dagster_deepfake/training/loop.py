@@ -1,4 +1,5 @@
-"""The training loop: AdamW + cosine schedule with warm-up, validation AUC per epoch, best and
+"""The training loop: AdamW + cosine schedule with warm-up (the contract; `training.optimizer` and
+`training.scheduler` choose others), validation AUC per epoch, best and
 resumable checkpoints.
 
 Layout of `out_dir`::
@@ -9,16 +10,17 @@ Layout of `out_dir`::
 
 Choices, and why:
 
-* Only trainable parameters go to AdamW, so the freeze policy (wav2vec2's CNN and first
-  blocks) is kept and frozen weights carry no optimizer state.
+* Only trainable parameters go to the optimizer, so the freeze policy (wav2vec2's CNN and
+  first `model.audio.freeze_encoder_blocks` blocks, the whole backbone with
+  `model.video.freeze_backbone`) is kept and frozen weights carry no optimizer state.
 * Warm-up: `training.warmup_steps` (contract: 1000), capped at 10 % of the run's total steps
   (`MAX_WARMUP_FRACTION`). A short run would otherwise spend its whole budget warming up and
   never reach the peak learning rate: 60 synthetic clips are ~100 steps, and even
   FaceForensics++ c23 (3,600 training videos, 113 steps per epoch at batch 32, 2,260 steps
   in 20 epochs) gets 226 warm-up steps. The contract's 1,000 applies from 10,000 steps on.
 * Batch size: `training.batch_size` (32), capped at the number of training videos.
-* Modality dropout: `training.modality_dropout` is written into the model config
-  (`fusion.modality_dropout`); the fusion module applies it in train mode only, so validation
+* Modality dropout: `training.modality_dropout_prob` is handed to the fusion module
+  (`model.fusion.modality_dropout`), which applies it in train mode only, so validation
   and serving always use the audio they have. The fraction of clips that used audio is
   logged for both, which makes the difference visible.
 * Gradients are clipped at norm 1.0 (the transformer convention), which keeps the first
@@ -51,14 +53,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
-from transformers import get_cosine_schedule_with_warmup
 
-from dagster_deepfake.config import TrainingConfig
+from dagster_deepfake.config import DataConfig, TrainingConfig
 from dagster_deepfake.models.checkpoint import CheckpointManifest, save_checkpoint
-from dagster_deepfake.models.configuration import DetectorConfig
+from dagster_deepfake.models.configuration import DetectorConfig, resolve_model_config
 from dagster_deepfake.models.detector import DeepfakeDetector
 from dagster_deepfake.models.inference import autocast_context
-from dagster_deepfake.models.registry import get_model_config
 from dagster_deepfake.models.weights import PretrainedFlags, build_detector
 from dagster_deepfake.training.augment import WindowAugment
 from dagster_deepfake.training.calibrate import score_videos
@@ -133,6 +133,38 @@ def plan_training(
     return TrainPlan(epochs, steps_per_epoch, total, warmup, batch_size)
 
 
+def build_optimizer(params: list[torch.nn.Parameter], training_cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """`training.optimizer` (adamw: the contract; adam; sgd with momentum 0.9) at `learning_rate`."""
+    name, lr = training_cfg.optimizer, training_cfg.learning_rate
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"training.optimizer: unknown optimizer {name!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, training_cfg: TrainingConfig, plan: TrainPlan
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """`training.scheduler` (cosine: the contract; linear; constant) after `plan.warmup_steps` of linear warm-up."""
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    name = training_cfg.scheduler
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+    if name == "linear":
+        return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+    if name == "constant":
+        return get_constant_schedule_with_warmup(optimizer, plan.warmup_steps)
+    raise ValueError(f"training.scheduler: unknown scheduler {name!r}")
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -188,19 +220,21 @@ def train_detector(
     training_data_hash: str | None = None,
     training_data: str | None = None,
     clip_frames: int = 10,
-    frame_rate: float = 5.0,
+    frame_rate: float | None = None,
     pretrained: bool = True,
     bf16: bool = False,
     eval_batch_size: int = 4,
     image_size: int | None = None,
+    data_cfg: DataConfig | None = None,
 ) -> TrainResult:
     """Train a detector on `train_ids`, validating on `val_ids` after every epoch.
 
     Args:
-        model_config: a `DetectorConfig` or a registry name ("tiny", "contract").
+        model_config: `settings.model` or a registry name ("tiny", "contract"), resolved by
+            `resolve_model_config`.
         source: per-video features (never video files; see `training.features`).
-        training_cfg: `settings.training` (lr, warm-up, batch size, epochs, λ, modality dropout,
-            augmentation switches).
+        training_cfg: `settings.training` (optimizer, lr, scheduler, warm-up, batch size, epochs,
+            λ, modality dropout).
         max_epochs: overrides `training_cfg.epochs`; max_steps: caps the total optimizer steps.
         on_epoch: called with each epoch's stats after its checkpoints are written; returning
             False stops training (the run can be resumed later).
@@ -208,27 +242,29 @@ def train_detector(
         training_data_hash: the training manifest's hash, recorded in every checkpoint.
         training_data: what the data is, in words (dataset names), recorded beside the hash.
         clip_frames: faces per training clip (2 windows of 5 at 5 FPS by default).
-        pretrained: start from published backbone weights where available (falls back loudly).
-        image_size: side of the augmented faces (default `model.video.input_size`, 224: the
-            size of the aligned crops). Tests with smaller crops pass their size here.
+        pretrained: False skips every branch's pretrained weights; True loads those whose
+            `model.*.pretrained` is true where available (falling back loudly).
+        image_size: side of the augmented faces (default `data.resolution`, 224: the size of
+            the aligned crops). Tests with smaller crops pass their size here.
+        data_cfg: `settings.data` (augmentation switches, resolution, frame rate; default: the
+            contract's).
+        frame_rate: sampled FPS of the cached features (default `data.frame_rate`).
     """
     started_at = time.perf_counter()
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = (
-        get_model_config(model_config)
-        if isinstance(model_config, str)
-        else model_config.model_copy(deep=True)
-    )
-    config.fusion.modality_dropout = training_cfg.modality_dropout
+    config = resolve_model_config(model_config)
+    data_cfg = data_cfg or DataConfig()
+    frame_rate = frame_rate if frame_rate is not None else data_cfg.frame_rate
     plan = plan_training(len(train_ids), training_cfg, max_epochs=max_epochs, max_steps=max_steps)
 
-    model, flags = build_detector(config, pretrained=pretrained and config.allow_pretrained, seed=seed)
+    model, flags = build_detector(config, pretrained=pretrained, seed=seed)
+    model.fusion.modality_dropout = training_cfg.modality_dropout_prob
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=training_cfg.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+    optimizer = build_optimizer(trainable, training_cfg)
+    scheduler = build_scheduler(optimizer, training_cfg, plan)
 
     last_dir, best_dir = out_dir / LAST_DIR, out_dir / BEST_DIR
     state_path = last_dir / STATE_FILE
@@ -263,9 +299,9 @@ def train_detector(
     resumed_from = step
 
     augment = None
-    if any(training_cfg.augmentation.model_dump().values()):
-        size = image_size or config.video.input_size
-        augment = WindowAugment.from_config(training_cfg.augmentation, size=size, train=True, seed=seed)
+    if data_cfg.augmentation.active:
+        size = image_size or data_cfg.resolution
+        augment = WindowAugment.from_config(data_cfg.augmentation, size=size, train=True, seed=seed)
     train_set = ClipDataset(
         train_ids,
         source,
@@ -344,7 +380,7 @@ def train_detector(
             stats.seconds,
         )
 
-        manifest = _manifest(model, flags, training_data_hash, training_data, stats)
+        manifest = _manifest(model, flags, training_data_hash, training_data, stats, training_cfg)
         if _is_better(stats, best):
             best = stats
             save_checkpoint(best_dir, model, manifest)
@@ -376,6 +412,7 @@ def _manifest(
     data_hash: str | None,
     data_description: str | None,
     stats: EpochStats,
+    training_cfg: TrainingConfig,
 ) -> CheckpointManifest:
     config = model.config
     metrics = {"epoch": float(stats.epoch), "step": float(stats.step), "train_loss": stats.train_loss}
@@ -391,6 +428,7 @@ def _manifest(
         training_data_hash=data_hash,
         training_data=data_description,
         metrics=metrics,
+        training=training_cfg.model_dump(mode="json"),
     )
 
 
