@@ -10,6 +10,9 @@ from resources import PostgresResource
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
 
+# Set by the Dagster instance on a failed run when run retries are on: "true" or "false".
+WILL_RETRY_TAG = "dagster/will_retry"
+
 
 def step_error(event: dg.DagsterEvent) -> "SerializableErrorInfo | None":
     """What a failed step's asset raised, without Dagster's step-execution wrapper around it."""
@@ -42,6 +45,13 @@ def _failure_reason(context: dg.RunFailureSensorContext) -> str:
 def job_failure_recorder(context: dg.RunFailureSensorContext, postgres: PostgresResource) -> None:
     video_id = context.dagster_run.tags.get("dagster/partition", "")
     if not is_partition_key(video_id):
+        return
+    # The freshest tags: the instance sets `dagster/will_retry` as the run fails.
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        # An infrastructure failure the retry daemon re-runs: the job stays where it is (running),
+        # so a client never sees failed → running; the last attempt's failure is recorded.
+        context.log.info(f"{video_id}: run {run.run_id} failed and will be retried; job left as is")
         return
     db = postgres.db()
     job = db.get_job(video_id)

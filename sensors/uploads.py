@@ -3,6 +3,12 @@
 Shaped like Dagster's dynamic-partition examples: one `SensorResult` carrying the run
 requests, the `build_add_request` for new keys and the cursor. The scan and cursor logic
 live in `dagster_deepfake.ingest` so they are tested without Dagster.
+
+The bucket offers regular files only: FIFOs, sockets, devices and symbolic links are skipped
+with one log line each (remembered in the cursor, so not repeated every tick) and never
+opened. Nothing in a tick blocks: local opens are non-blocking and type-checked, every hash
+has the tick's deadline, and an object not handled in time stays behind the cursor for the
+next tick.
 """
 
 import time
@@ -10,18 +16,32 @@ import time
 import dagster as dg
 
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG, VIDEOS_PARTITION, videos_partitions
+from dagster_deepfake.errors import DeepfakeError
 from dagster_deepfake.ingest import (
     DEFAULT_LOOKBACK_SECONDS,
+    Registration,
     ScanCursor,
     register_object,
     select_new_objects,
 )
+from dagster_deepfake.storage.bucket import ReadDeadlineError
 from resources import PostgresResource, SettingsResource, UploadBucketResource
 
-# Dagster cancels a sensor evaluation after 60 s by default; hashing stops well before that
-# and the cursor moves only past what was registered, so the rest waits for the next tick
-# (at least one object per tick is always taken, so a slow listing cannot stall the sensor).
+# Dagster cancels a sensor evaluation after 60 s by default. No new object is started after
+# TICK_BUDGET_SECONDS (at least one per tick is always tried, so a slow listing cannot stall the
+# sensor), and no read goes on past TICK_DEADLINE_SECONDS; the cursor moves only past what was
+# registered, so the rest waits for the next tick.
 TICK_BUDGET_SECONDS = 40.0
+TICK_DEADLINE_SECONDS = 50.0
+
+
+def run_request_for(reg: Registration) -> dg.RunRequest:
+    """The analysis run of one newly registered video (one run per partition)."""
+    return dg.RunRequest(
+        partition_key=reg.video_id,
+        run_key=reg.video_id,
+        tags={SOURCE_URI_TAG: reg.source_uri[:4000], FILE_NAME_TAG: reg.file_name[:255]},
+    )
 
 
 def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
@@ -41,9 +61,16 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
         platform = settings.get().platform
         bucket = upload_bucket.bucket()
         started = time.monotonic()
+        deadline = started + TICK_DEADLINE_SECONDS
         cursor = ScanCursor.from_json(context.cursor)
-        listed = bucket.list_objects()
+        listing = bucket.scan()
+        listed = listing.objects
         now = time.time()
+        skipped = {s.key: s.what for s in listing.skipped}
+        for key, what in skipped.items():
+            if cursor.skipped.get(key) != what:
+                context.log.warning(f"skipped {key}: {what}; only regular files are analysed")
+        cursor = cursor.with_skipped(skipped)
 
         def scan_with(limit: int):
             return select_new_objects(
@@ -57,6 +84,8 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
 
         scan = scan_with(platform.sensor_max_objects_per_tick)
         if not scan.objects:
+            if scan.cursor.to_json() != (context.cursor or ScanCursor().to_json()):
+                context.update_cursor(scan.cursor.to_json())  # settle states and reported skips
             return dg.SkipReason(f"no new uploads ({scan.waiting} still settling)")
         db = postgres.db()
         known = set(context.instance.get_dynamic_partitions(VIDEOS_PARTITION))
@@ -67,24 +96,24 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
             if handled and time.monotonic() - started > TICK_BUDGET_SECONDS:
                 context.log.info(f"tick budget spent after {handled} objects; the rest waits")
                 break
-            handled += 1
             try:
-                reg = register_object(bucket, obj, db)
-            except (OSError, ValueError) as exc:
-                # An unreadable object is reported and skipped; it never blocks the others.
+                reg = register_object(bucket, obj, db, deadline=deadline)
+            except ReadDeadlineError:
+                # Not handled: the cursor stays before it and the next tick reads it again.
+                context.log.info(f"tick out of time while reading {obj.key}; it and the rest wait")
+                break
+            except (OSError, ValueError, DeepfakeError) as exc:
+                # An unreadable object (or one swapped for a FIFO or a link since the listing)
+                # is reported and skipped; it never blocks the others.
+                handled += 1
                 context.log.warning(f"could not read {obj.uri}: {exc}")
                 continue
+            handled += 1
             if reg.video_id in known or reg.video_id in new_keys:
                 context.log.info(f"{obj.key}: same bytes as {reg.video_id}, already registered; no new run")
                 continue
             new_keys.append(reg.video_id)
-            requests.append(
-                dg.RunRequest(
-                    partition_key=reg.video_id,
-                    run_key=reg.video_id,
-                    tags={SOURCE_URI_TAG: reg.source_uri[:4000], FILE_NAME_TAG: reg.file_name[:255]},
-                )
-            )
+            requests.append(run_request_for(reg))
         if handled < len(scan.objects):
             scan = scan_with(handled)
         context.log.info(

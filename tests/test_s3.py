@@ -259,10 +259,11 @@ def test_listing_and_cursor_over_more_than_1000_objects(s3, s3_endpoint, new_buc
         if tick == 1:  # arrivals between ticks that share the cursor's second and sort before it
             _put_many(s3, bucket, {"in/a late.mp4": b"l", "in/batch/0000.mp4": b"m"})
             listed = up.list_objects()
+        # ticks 5 s apart: an object is taken once seen unchanged for the 2 s settle period
         scan = select_new_objects(
-            listed, ScanCursor.from_json(cursor.to_json()), now=now, settle_seconds=2, limit=400
+            listed, ScanCursor.from_json(cursor.to_json()), now=now + 5 * tick, settle_seconds=2, limit=400
         )
-        if not scan.objects:
+        if not scan.objects and not scan.waiting:
             break
         taken += [o.key for o in scan.objects]
         cursor = scan.cursor
@@ -336,15 +337,16 @@ def test_object_rewritten_between_ticks_waits_until_settled(s3, s3_endpoint, new
     s3.put_object(Bucket=bucket, Key="in/growing.mp4", Body=b"first half")
     (obj,) = up.list_objects()
     scan = select_new_objects([obj], ScanCursor(), now=obj.mtime + 1, settle_seconds=5, limit=10)
-    assert scan.objects == [] and scan.waiting == 1 and scan.cursor == ScanCursor()
+    assert scan.objects == [] and scan.waiting == 1 and scan.cursor.mtime == 0 and not scan.cursor.seen
 
     time.sleep(1.05)  # LastModified has one-second resolution
     s3.put_object(Bucket=bucket, Key="in/growing.mp4", Body=b"first half, second half")
     (rewritten,) = up.list_objects()
     assert rewritten.size != obj.size and rewritten.mtime > obj.mtime
-    still = select_new_objects([rewritten], scan.cursor, now=rewritten.mtime + 4, settle_seconds=5, limit=10)
-    assert still.objects == []
-    done = select_new_objects([rewritten], scan.cursor, now=rewritten.mtime + 5, settle_seconds=5, limit=10)
+    # seen again with a new size and mtime: its settle period starts again from this tick
+    still = select_new_objects([rewritten], scan.cursor, now=rewritten.mtime + 1, settle_seconds=5, limit=10)
+    assert still.objects == [] and still.cursor.pending["growing.mp4"][2] == rewritten.mtime + 1
+    done = select_new_objects([rewritten], still.cursor, now=rewritten.mtime + 6, settle_seconds=5, limit=10)
     assert [o.size for o in done.objects] == [len(b"first half, second half")]
     assert up.sha256("growing.mp4") == hashlib.sha256(b"first half, second half").hexdigest()
 
