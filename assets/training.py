@@ -13,11 +13,16 @@ import pandas as pd
 from pydantic import Field
 
 from assets.common import image_md
-from dagster_deepfake.config import load_settings
+from dagster_deepfake.config import DataConfig, load_settings, overlay_explicit
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import layout
 from dagster_deepfake.training.features import StoreFeatureSource
-from dagster_deepfake.training.manifests import manifest_hash, read_manifest
+from dagster_deepfake.training.manifests import (
+    TrainingSets,
+    choose_training_sets,
+    manifest_hash,
+    read_manifest,
+)
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
 
 TRAINING_MANIFEST = layout.TRAINING_MANIFEST_REL
@@ -81,10 +86,12 @@ def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]]
     return list(usable.loc[usable["split"] == split, "video_id"]), labels, manifest_hash(usable)
 
 
-def _dataset_names(store, split: str) -> str:
-    """The registered datasets a split draws on, e.g. "synthetic-demo" (recorded in checkpoints)."""
-    usable = _usable_rows(store)
-    return ", ".join(sorted(set(usable.loc[usable["split"] == split, "dataset_name"])))
+def _training_sets(store, data: DataConfig) -> tuple[TrainingSets, dict[str, tuple[int, str]], str]:
+    """`data.dataset`'s train split and `data.val_dataset`'s val split, their labels and data hash."""
+    sets = choose_training_sets(_usable_rows(store), data.dataset, data.val_dataset)
+    both = pd.concat([sets.train, sets.val])
+    labels = {r.video_id: (int(r.label_int), str(r.method)) for r in both.itertuples()}
+    return sets, labels, manifest_hash(both)
 
 
 class TrainingRunConfig(dg.Config):
@@ -93,7 +100,9 @@ class TrainingRunConfig(dg.Config):
     training_config: str | None = Field(
         default=None,
         description="A settings YAML whose `model` and `training` sections replace the platform's for "
-        "this run, e.g. config/train-synthetic.yaml (the tiny model at lr 1e-3). Empty: the platform's.",
+        "this run and whose explicit `data` keys (dataset, val_dataset, augmentation …) apply over the "
+        "platform's, e.g. config/train-synthetic.yaml (the tiny model at lr 1e-3 on synthetic-demo). "
+        "Empty: the platform's.",
     )
 
 
@@ -118,14 +127,22 @@ def trained_model(
     s = settings.get()
     if config.training_config:
         run_settings = load_settings(config.training_config)
-        s = s.model_copy(update={"model": run_settings.model, "training": run_settings.training})
+        s = s.model_copy(
+            update={
+                "model": run_settings.model,
+                "training": run_settings.training,
+                "data": overlay_explicit(s.data, run_settings.data),  # e.g. data.dataset
+            }
+        )
         context.log.info(
             f"training config {config.training_config}: model {s.model.registry_config}, "
             f"lr {s.training.learning_rate}, batch {s.training.batch_size}, epochs {s.training.epochs}"
         )
     store = artifacts.store()
-    train_ids, labels, data_hash = _split_ids(store, "train")
-    val_ids, _, _ = _split_ids(store, "val")
+    sets, labels, data_hash = _training_sets(store, s.data)
+    for note in sets.notes:
+        context.log.warning(note)
+    train_ids, val_ids = list(sets.train["video_id"]), list(sets.val["video_id"])
     if not train_ids or not val_ids:
         raise dg.Failure(
             f"need cached features for train and val videos (train {len(train_ids)}, val {len(val_ids)})"
@@ -158,7 +175,7 @@ def trained_model(
             )
         )
 
-    trained_on = _dataset_names(store, "train")
+    trained_on = sets.train_names
     result = train_detector(
         detector_config,
         train_ids,
@@ -217,7 +234,8 @@ def calibration(
 
     s = settings.get()
     store = artifacts.store()
-    val_ids, labels, _ = _split_ids(store, "val")
+    sets, labels, _ = _training_sets(store, s.data)  # the validation set training used
+    val_ids = list(sets.val["video_id"])
     fit = calibrate_checkpoint(
         current_checkpoint_dir(s.platform.model_dir),
         val_ids,

@@ -21,7 +21,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -66,6 +66,9 @@ AUDIO_ENCODER_ALIASES = {
     "wav2vec2-base-960h": "facebook/wav2vec2-base-960h",
     "wav2vec2-large": "facebook/wav2vec2-large",
 }
+
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 class KeyValueError(ValueError):
@@ -506,6 +509,23 @@ class Settings(_Section):
         """Short hash of everything but `platform`: two runs with the same hash used the same science."""
         payload = self.model_dump(mode="json", exclude={"platform"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def overlay_explicit(base: BaseModelT, top: BaseModelT) -> BaseModelT:
+    """`base` with every key `top`'s author set explicitly (recursively) taken from `top`.
+
+    E.g. a run's training file that sets only `data.dataset` changes only that key of the
+    platform's `data` section.
+    """
+    update: dict[str, Any] = {}
+    for name in top.model_fields_set:
+        mine, theirs = getattr(base, name), getattr(top, name)
+        if isinstance(mine, BaseModel) and isinstance(theirs, BaseModel) and type(mine) is type(theirs):
+            update[name] = overlay_explicit(mine, theirs)
+        else:
+            update[name] = theirs
+    merged = base.model_copy(update=update, deep=True)
+    return type(base).model_validate(merged.model_dump())
 
 
 def _resolve_local(value: str, base: Path) -> str:

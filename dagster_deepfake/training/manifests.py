@@ -33,6 +33,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -361,3 +362,71 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             f"{path}: manifest schema version {found}, this code reads {MANIFEST_SCHEMA_VERSION}"
         )
     return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pandas()
+
+
+# --- which registered datasets `train` uses ---------------------------------------------------
+
+#: Contract names of the public datasets and the manifest kind (`dataset` column) they parse as.
+DATASET_ALIASES = {
+    "faceforensics++": "ffpp",
+    "ff++": "ffpp",
+    "ffpp": "ffpp",
+    "celeb-df-v2": "celebdf",
+    "celeb-df": "celebdf",
+    "celebdf": "celebdf",
+}
+
+
+@dataclass(frozen=True)
+class TrainingSets:
+    """The rows `train` trains and validates on, and what was decided, in words."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    notes: list[str]
+
+    @property
+    def train_names(self) -> str:
+        """The registered dataset names the training rows come from, e.g. "synthetic-demo"."""
+        return ", ".join(sorted(set(self.train["dataset_name"])))
+
+    @property
+    def val_names(self) -> str:
+        return ", ".join(sorted(set(self.val["dataset_name"])))
+
+
+def _dataset_mask(rows: pd.DataFrame, wanted: str) -> pd.Series:
+    """Rows of the registered dataset named `wanted`, or of its kind (`faceforensics++` → ffpp)."""
+    mask = rows["dataset_name"] == wanted
+    kind = DATASET_ALIASES.get(wanted.lower())
+    if kind is not None:
+        mask |= rows["dataset"] == kind
+    return mask
+
+
+def choose_training_sets(rows: pd.DataFrame, dataset: str, val_dataset: str) -> TrainingSets:
+    """`data.dataset`'s train split and `data.val_dataset`'s val split (the contract: FF++ train,
+    Celeb-DF v2 validation).
+
+    `rows`: the registered datasets' manifest rows with a `dataset_name` column (the name given
+    at registration). A dataset matches by that name, or by its kind for the contract's names
+    (`faceforensics++` is any registered FF++ folder). When a wanted dataset is not registered,
+    a note says so and every registered dataset's split of that role is used instead (what the
+    synthetic demo needs when the platform's config names the contract's datasets).
+    """
+    registered = ", ".join(sorted(set(rows["dataset_name"]))) or "none"
+    notes: list[str] = []
+    chosen: dict[str, pd.DataFrame] = {}
+    for role, key, wanted, split in (
+        ("training", "data.dataset", dataset, "train"),
+        ("validation", "data.val_dataset", val_dataset, "val"),
+    ):
+        mask = _dataset_mask(rows, wanted)
+        if not mask.any():
+            notes.append(
+                f"{key} {wanted!r} is not registered (registered: {registered}); {role} uses the "
+                f"{split} split of every registered dataset"
+            )
+            mask = pd.Series(True, index=rows.index)
+        chosen[split] = rows[mask & (rows["split"] == split)]
+    return TrainingSets(chosen["train"], chosen["val"], notes)
