@@ -77,7 +77,8 @@ def saliency(
     deps=[saliency],
     group_name="per_video",
     kinds={"json", "postgres", "parquet"},
-    description="The contract's result document: jobs.result (JSONB), Parquet `reports`; the job is completed.",
+    description="The contract's result document: jobs.result (JSONB, the latest), `analyses` (one row per "
+    "model version), Parquet `reports`; the job is completed.",
 )
 def report(
     context: dg.AssetExecutionContext,
@@ -106,6 +107,7 @@ def report(
             ]
         ),
     )
+    db.record_analysis(video_id, document.metadata.model_version, result=payload, run_id=context.run.run_id)
     db.set_job_status(video_id, "completed", result=payload, run_id=context.run.run_id)
     pred = document.prediction
     add = document.additions

@@ -14,6 +14,7 @@ from dagster_deepfake.config import load_settings
 from resources import default_resources
 from sensors.datasets import build_dataset_backfill_sensor
 from sensors.job_status import job_failure_recorder, job_success_recorder
+from sensors.reanalysis import build_reanalysis_sensor
 from sensors.uploads import build_upload_sensor
 
 PER_VIDEO_ASSETS = [
@@ -83,6 +84,7 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
         sensors=[
             build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
             build_dataset_backfill_sensor(extract_features_job),
+            build_reanalysis_sensor(analyze_video_job),
             job_failure_recorder,
             job_success_recorder,
         ],

@@ -26,6 +26,7 @@ from dagster_deepfake.api import (
 )
 from dagster_deepfake.config import Settings
 from dagster_deepfake.ingest import register_object
+from dagster_deepfake.models.serving import serving_model_version
 from dagster_deepfake.report import (
     Additions,
     AnomalousFrame,
@@ -152,7 +153,11 @@ def test_upload_queues_job_and_drops_file_under_a_safe_key(
     body = response.json()
     job_id = _job_id(media["clip"])
     assert body["job_id"] == job_id and body["status"] == "queued" and body["duplicate"] is False
-    assert body["links"] == {"self": f"/jobs/{job_id}", "view": f"/jobs/{job_id}/view"}
+    assert body["links"] == {
+        "self": f"/jobs/{job_id}",
+        "view": f"/jobs/{job_id}/view",
+        "history": f"/jobs/{job_id}/history",
+    }
     assert response.headers["location"] == f"/jobs/{job_id}"
 
     objects = _bucket(settings).list_objects()  # what the sensor will see
@@ -298,25 +303,49 @@ def test_list_jobs_pages_without_gaps_or_repeats(client: TestClient, db: Results
     assert client.get("/jobs", params={"limit": 0}).status_code == 422
 
 
-def test_job_status_transitions_are_reflected(client: TestClient, db: ResultsDB) -> None:
+CONTRACT_KEYS = {"job_id", "status", "prediction", "metadata"}
+
+
+def test_job_answer_is_the_result_document_in_every_state(client: TestClient, db: ResultsDB) -> None:
     job_id = "v_00000000000000aa"
     db.create_job(job_id, job_id, "file:///bucket/x.mp4")
     first = client.get(f"/jobs/{job_id}").json()
-    assert first["status"] == "queued" and first["result"] is None and first["started_at"] is None
+    assert CONTRACT_KEYS <= first.keys() and "result" not in first
+    assert first["status"] == "queued" and first["prediction"] is None and first["metadata"] is None
+    assert first["started_at"] is None and first["links"]["history"] == f"/jobs/{job_id}/history"
 
     db.set_job_status(job_id, "running", run_id="run-1")
     running = client.get(f"/jobs/{job_id}").json()
     assert running["status"] == "running" and running["started_at"] is not None
+    assert running["prediction"] is None
 
     db.set_job_status(job_id, "failed", reason="no face found in any sampled frame")
     failed = client.get(f"/jobs/{job_id}").json()
     assert failed["status"] == "failed" and failed["reason"] == "no face found in any sampled frame"
+    assert failed["prediction"] is None
 
     document = _document(job_id)
     db.set_job_status(job_id, "completed", result=document.model_dump(mode="json"))
     completed = client.get(f"/jobs/{job_id}").json()
     assert completed["status"] == "completed" and completed["reason"] is None
-    assert ResultDocument.model_validate(completed["result"]) == document
+    contract = {k: completed[k] for k in (*CONTRACT_KEYS, "additions")}
+    assert ResultDocument.model_validate(contract) == document
+    assert completed["model_version"] == document.metadata.model_version
+    assert completed["verdict_is_current"] is False  # a made-up model: not the one serving here
+    for state in (first, running, failed, completed):
+        assert client.get(f"/jobs/{job_id}/view").status_code == 200
+
+
+def test_dataset_video_job_renders_without_a_verdict(client: TestClient, db: ResultsDB) -> None:
+    """`extract_features` jobs store a features note, not a document: 200 everywhere, no verdict."""
+    job_id = "v_00000000000000ab"
+    db.create_job(job_id, job_id, "file:///data/x.mp4")
+    db.set_job_status(job_id, "completed", result={"stage": "features", "note": "cached for training"})
+    body = client.get(f"/jobs/{job_id}").json()
+    assert body["status"] == "completed" and body["stage"] == "features" and body["prediction"] is None
+    page = client.get(f"/jobs/{job_id}/view")
+    assert page.status_code == 200 and "dataset video" in page.text
+    assert client.get(f"/jobs/{job_id}/history").json()["items"] == []
 
 
 def test_unknown_and_malformed_job_ids(client: TestClient) -> None:
@@ -366,14 +395,24 @@ def test_view_page_of_a_completed_job(client: TestClient, settings: Settings, db
     assert "<script>alert(1)</script>" not in html  # everything from the document is escaped
 
 
-def test_view_page_has_no_banner_for_a_trained_model(client: TestClient, db: ResultsDB) -> None:
+def test_view_page_has_no_banner_for_a_trained_model(
+    client: TestClient, db: ResultsDB, settings: Settings
+) -> None:
     job_id = "v_00000000000000cd"
     document = _document(job_id, weights="trained")
     document.additions.pretrained = {"audio_encoder": True, "video_backbone": True}
+    document.metadata.model_version = serving_model_version(settings)  # the model serving now
     db.create_job(job_id, job_id, "file:///bucket/x.mp4")
     db.set_job_status(job_id, "completed", result=document.model_dump(mode="json"))
     html = client.get(f"/jobs/{job_id}/view").text
     assert "FAKE" in html and 'class="banner"' not in html and "UNTRAINED" not in html
+    assert client.get(f"/jobs/{job_id}").json()["verdict_is_current"] is True
+
+    # Once another model serves, the same verdict is flagged as coming from the earlier one.
+    document.metadata.model_version = "contract-trained-older"
+    db.set_job_status(job_id, "completed", result=document.model_dump(mode="json"))
+    html = client.get(f"/jobs/{job_id}/view").text
+    assert "This verdict came from model contract-trained-older" in html
 
 
 def test_view_page_while_pending_and_after_failure(client: TestClient, db: ResultsDB) -> None:

@@ -13,7 +13,14 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from dagster_deepfake.api.context import _ERRORS, ApiContext, Context, ErrorBody, Identity
-from dagster_deepfake.api.jobs import _SALIENCY_NAME_RE, JobId, _get_job_or_404, _result_document
+from dagster_deepfake.api.jobs import (
+    _SALIENCY_NAME_RE,
+    JobId,
+    _get_job_or_404,
+    _is_features_only,
+    _result_document,
+)
+from dagster_deepfake.models.serving import serving_model_version
 from dagster_deepfake.report import AnomalousFrame, ResultDocument
 from dagster_deepfake.storage import layout
 
@@ -45,6 +52,9 @@ _VIEW_TEMPLATE = """<!doctype html>
 {% if doc is none %}
 <div class="card"><div class="status">Status: {{ status }}</div>
 {% if status == "failed" %}<p>The analysis failed: <strong>{{ reason or "no reason recorded" }}</strong></p>
+{% elif status == "completed" and features_only %}<p>A dataset video: its features (faces, flow, audio)
+are cached for training. Dataset videos get no verdict unless someone asks for one
+(<code>POST /jobs/{{ job_id }}/reanalyze</code>).</p>
 {% elif status == "completed" %}<p>Completed, but no result document was stored.</p>
 {% else %}<p>The video is {{ "waiting to be analysed" if status == "queued" else "being analysed" }}.
 This page reloads every {{ refresh }} s.</p>{% endif %}
@@ -89,7 +99,8 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
 
 <h2>Model and run</h2>
 <div class="card"><table>
-{% if meta %}<tr><td>model version</td><td><code>{{ meta.model_version }}</code></td></tr>
+{% if meta %}<tr><td>model version</td><td><code>{{ meta.model_version }}</code>{% if serving and serving != meta.model_version %}
+ <span class="muted">(serving now: <code>{{ serving }}</code>)</span>{% endif %}</td></tr>
 <tr><td>ensemble size</td><td>{{ meta.ensemble_size }}</td></tr>
 <tr><td>video duration</td><td>{{ fmt(meta.video_duration_sec, 1) }} s, {{ meta.frames_analyzed }} frames analysed</td></tr>
 <tr><td>processing time</td><td>{{ fmt(meta.processing_time_sec, 1) }} s</td></tr>{% endif %}
@@ -226,8 +237,17 @@ def _banners(doc: ResultDocument | None) -> list[str]:
 
 def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | None) -> str:
     """The HTML page of one job: status while pending, the full report once completed."""
-    doc = _result_document(row)
+    doc = _result_document(row) if row["status"] == "completed" else None
     job_id = row["job_id"]
+    serving = serving_model_version(ctx.settings)
+    banners = _banners(doc)
+    if doc and doc.metadata and serving and doc.metadata.model_version != serving:
+        banners.insert(
+            0,
+            f"This verdict came from model {doc.metadata.model_version}, not from the model serving now "
+            f"({serving}). Earlier and later analyses: /jobs/{job_id}/history; analyse again: "
+            f"POST /jobs/{job_id}/reanalyze.",
+        )
     pred = doc.prediction if doc else None
     top_k = ctx.settings.explain.top_k_frames
     frames = sorted(pred.anomalous_frames, key=lambda f: f.confidence, reverse=True)[:top_k] if pred else []
@@ -249,7 +269,9 @@ def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | No
         pred=pred,
         meta=doc.metadata if doc else None,
         adds=doc.additions if doc else None,
-        banners=_banners(doc),
+        banners=banners,
+        serving=serving,
+        features_only=_is_features_only(row),
         timeline=_timeline(doc, ctx.settings.model.classification.threshold, frames) if doc else None,
         maps=maps,
         fmt=_fmt,

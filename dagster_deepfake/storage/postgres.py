@@ -94,6 +94,25 @@ predictions = Table(
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
 
+# An analysis is a video under a model version (docs/ARCHITECTURE.md): a new serving model gives
+# a new row and the earlier ones stay readable; `jobs.result` is the latest completed one.
+ANALYSIS_STATUSES = ("requested", "launched", "completed", "failed")
+analyses = Table(
+    "analyses",
+    metadata,
+    Column("video_id", String(32), primary_key=True),
+    Column("model_version", Text, primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("requested_by", Text),
+    Column("run_id", String(64)),
+    Column("verdict", String(8)),
+    Column("p_fake", Float),
+    Column("result", JSONB),
+    Column("requested_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('requested','launched','completed','failed')", name="analyses_status_valid"),
+)
+
 evaluations = Table(
     "evaluations",
     metadata,
@@ -251,6 +270,79 @@ class ResultsDB:
             query = query.where(
                 (jobs.c.submitted_at > ts) | ((jobs.c.submitted_at == ts) & (jobs.c.job_id > job_id))
             )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # -- analyses (a video under a model version) ---------------------------------------------
+    def record_analysis(
+        self, video_id: str, model_version: str, *, result: dict[str, Any], run_id: str | None
+    ) -> None:
+        """A completed analysis (replaces an earlier one of the same video under the same model)."""
+        prediction = result.get("prediction") or {}
+        values = {
+            "status": "completed",
+            "run_id": run_id,
+            "verdict": prediction.get("overall_class"),
+            "p_fake": prediction.get("manipulation_confidence"),
+            "result": result,
+            "finished_at": _now(),
+        }
+        stmt = insert(analyses).values(video_id=video_id, model_version=model_version, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["video_id", "model_version"], set_=values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def request_analysis(self, video_id: str, model_version: str, requested_by: str) -> bool:
+        """Ask for an analysis of `video_id` under `model_version` (the reanalysis sensor runs it).
+
+        True when a run is now due: not when that analysis is already completed or on its way,
+        unless `requested_by` is an explicit re-run ("rerun:…"), which always runs again.
+        """
+        forced = requested_by.startswith("rerun")
+        values = {"status": "requested", "requested_by": requested_by, "requested_at": _now()}
+        stmt = insert(analyses).values(video_id=video_id, model_version=model_version, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["video_id", "model_version"],
+            set_=values,
+            where=None if forced else analyses.c.status == "failed",
+        ).returning(analyses.c.video_id)
+        with self.engine.begin() as conn:
+            due = conn.execute(stmt).first() is not None
+            if due:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.job_id == video_id)
+                    .values(status="queued", reason=None, finished_at=None, updated_at=_now())
+                )
+        return due
+
+    def requested_analyses(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = (
+            select(analyses.c.video_id, analyses.c.model_version, analyses.c.requested_at)
+            .where(analyses.c.status == "requested")
+            .order_by(analyses.c.requested_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def set_analysis_status(self, video_id: str, model_version: str, status: str) -> None:
+        if status not in ANALYSIS_STATUSES:
+            raise ValueError(f"unknown analysis status {status!r}; expected one of {ANALYSIS_STATUSES}")
+        with self.engine.begin() as conn:
+            conn.execute(
+                analyses.update()
+                .where(analyses.c.video_id == video_id, analyses.c.model_version == model_version)
+                .values(status=status)
+            )
+
+    def list_analyses(self, video_id: str) -> list[dict[str, Any]]:
+        """Every analysis of a video, newest first."""
+        query = (
+            select(analyses)
+            .where(analyses.c.video_id == video_id)
+            .order_by(analyses.c.requested_at.desc(), analyses.c.model_version)
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
