@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dagster_deepfake.api import jobs, page, uploads
@@ -45,8 +47,31 @@ def create_app(settings: Settings, *, token: str | None, db: ResultsDB | None = 
         ),
     )
     app.state.ctx = ApiContext(settings=settings, db=db, bucket=bucket, store=store, token=token or None)
+    app.state.spool = uploads.SpoolBudget(p.upload_spool_budget_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     _add_routes(app)
     return app
+
+
+_WHERE = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "body field"}
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """FastAPI's list of validation errors as the one line docs/API.md promises, naming the field."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = _WHERE.get(loc[0], loc[0]) if loc else "request"
+        name = ".".join(loc[1:])
+        parts.append(
+            f"{where} '{name}': {err.get('msg', 'invalid')}" if name else f"{where}: {err.get('msg')}"
+        )
+    return " ".join("; ".join(parts).split()) or "invalid request"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": validation_message(errors)}, status_code=422)
 
 
 def _add_routes(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -39,6 +40,34 @@ class JobSubmitted(BaseModel):
     file_name: str | None
     size_bytes: int
     links: JobLinks
+
+
+# -- upload: spool space ---------------------------------------------------------------------------
+SPOOL_RETRY_AFTER_SECONDS = 10
+
+
+class SpoolBudget:
+    """Bytes that uploads in flight may spool to the temp folder together (one per app).
+
+    Each upload reserves its Content-Length (the size limit when chunked) before reading the
+    body and gives it back when done, so concurrent uploads never fill the disk together.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.in_use + size > self.budget:
+                return False
+            self.in_use += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.in_use -= size
 
 
 # -- upload: streaming multipart receiver -----------------------------------------------------------
@@ -296,8 +325,16 @@ def add_routes(app: FastAPI) -> None:
         responses={
             **_ERRORS,
             200: {"model": JobSubmitted, "description": "these bytes are already a job: its current status"},
-            400: {"model": ErrorBody, "description": "malformed multipart body, no `file` field, empty file"},
+            400: {
+                "model": ErrorBody,
+                "description": "malformed multipart body, no `file` field, empty file, control "
+                "characters in the file name",
+            },
             413: {"model": ErrorBody, "description": "larger than `platform.max_upload_bytes`"},
+            503: {
+                "model": ErrorBody,
+                "description": "uploads in flight fill `platform.upload_spool_budget_bytes`; see Retry-After",
+            },
             415: {"model": ErrorBody, "description": "not a video (sniffed from the content, not the name)"},
             422: {
                 "model": ErrorBody,
@@ -319,49 +356,75 @@ def add_routes(app: FastAPI) -> None:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES:
             raise HTTPException(413, _too_large(limit))
-        fd, tmp = tempfile.mkstemp(prefix="ddf-upload-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                receiver = _UploadReceiver(boundary, sink, limit)
-                try:
-                    async for chunk in request.stream():
-                        receiver.feed(chunk)
-                    receiver.finish()
-                except UploadTooLargeError:
-                    raise HTTPException(413, _too_large(limit)) from None
-                except Exception as exc:  # python-multipart raises several types for a malformed body
-                    if isinstance(exc, HTTPException):
-                        raise
-                    raise HTTPException(
-                        status.HTTP_400_BAD_REQUEST, f"malformed multipart body: {exc}"
-                    ) from None
-            if not receiver.found:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"no multipart part named '{UPLOAD_FIELD}'")
-            if receiver.size == 0:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, "the uploaded file is empty")
-            accepted = await run_in_threadpool(
-                _accept_upload,
-                ctx,
-                tmp,
-                receiver.digest.hexdigest(),
-                receiver.size,
-                receiver.file_name,
-                identity,
+        # Reserve what this body may spool (its length, or the limit when chunked) before a byte.
+        spool: SpoolBudget = request.app.state.spool
+        reserved = int(declared) if declared and declared.isdigit() else limit + MULTIPART_OVERHEAD_BYTES
+        if not spool.reserve(reserved):
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"too many uploads in flight: {spool.in_use} of {spool.budget} bytes of spool space are "
+                f"taken (platform.upload_spool_budget_bytes); retry in {SPOOL_RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(SPOOL_RETRY_AFTER_SECONDS)},
             )
+        try:
+            return await _receive(request, ctx, identity, boundary, limit)
         finally:
-            os.unlink(tmp)
-        body = JobSubmitted(
-            job_id=accepted.job_id,
-            status=accepted.status,
-            duplicate=accepted.duplicate,
-            file_name=receiver.file_name,
-            size_bytes=receiver.size,
-            links=_links(accepted.job_id),
+            spool.release(reserved)
+
+
+async def _receive(
+    request: Request, ctx: ApiContext, identity: str, boundary: bytes, limit: int
+) -> JSONResponse:
+    """Spool the body to a temporary file, check it, accept it (the body of `analyze_video`)."""
+    fd, tmp = tempfile.mkstemp(prefix="ddf-upload-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            receiver = _UploadReceiver(boundary, sink, limit)
+            try:
+                async for chunk in request.stream():
+                    receiver.feed(chunk)
+                receiver.finish()
+            except UploadTooLargeError:
+                raise HTTPException(413, _too_large(limit)) from None
+            except Exception as exc:  # python-multipart raises several types for a malformed body
+                if isinstance(exc, HTTPException):
+                    raise
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed multipart body: {exc}") from None
+        if not receiver.found:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"no multipart part named '{UPLOAD_FIELD}'")
+        if receiver.size == 0:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "the uploaded file is empty")
+        if receiver.file_name is not None and _has_control_characters(receiver.file_name):
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                "the file name contains control characters (such as NUL or a line break); "
+                "rename the file and upload it again",
+            )
+        accepted = await run_in_threadpool(
+            _accept_upload,
+            ctx,
+            tmp,
+            receiver.digest.hexdigest(),
+            receiver.size,
+            receiver.file_name,
+            identity,
         )
-        code = status.HTTP_200_OK if accepted.duplicate else status.HTTP_202_ACCEPTED
-        return JSONResponse(
-            body.model_dump(mode="json"), status_code=code, headers={"Location": body.links.self}
-        )
+    finally:
+        os.unlink(tmp)
+    body = JobSubmitted(
+        job_id=accepted.job_id,
+        status=accepted.status,
+        duplicate=accepted.duplicate,
+        file_name=receiver.file_name,
+        size_bytes=receiver.size,
+        links=_links(accepted.job_id),
+    )
+    code = status.HTTP_200_OK if accepted.duplicate else status.HTTP_202_ACCEPTED
+    return JSONResponse(body.model_dump(mode="json"), status_code=code, headers={"Location": body.links.self})
+
+
+def _has_control_characters(name: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in name)
 
 
 def _too_large(limit: int) -> str:
