@@ -5,7 +5,6 @@ never decodes video. A registered dataset is one `register-dataset` call (or `sy
 """
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +13,7 @@ from pydantic import Field
 
 from assets.common import image_md
 from dagster_deepfake.config import DataConfig, load_settings, overlay_explicit
+from dagster_deepfake.models.publish import publish_checkpoint
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import layout
 from dagster_deepfake.training.features import StoreFeatureSource
@@ -121,7 +121,6 @@ def trained_model(
     artifacts: ArtifactStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.models.store import current_checkpoint_dir
     from dagster_deepfake.training.loop import train_detector
 
     s = settings.get()
@@ -189,12 +188,8 @@ def trained_model(
         training_data=trained_on,
         data_cfg=s.data,
     )
-    current = current_checkpoint_dir(s.platform.model_dir)
-    tmp = current.with_name("current.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.best_checkpoint, tmp)
-    shutil.rmtree(current, ignore_errors=True)
-    tmp.rename(current)
+    # Atomic: serving sees the old checkpoint or the new one, never none (models/publish.py).
+    current = publish_checkpoint(result.best_checkpoint, s.platform.model_dir)
     epochs = [h.epoch for h in result.history]
     plot = line_plot_png(
         epochs,
