@@ -503,3 +503,17 @@ def test_resolution_is_the_aligned_face_size(tmp_path: Path) -> None:
     frame = np.zeros((128, 128, 3), dtype=np.uint8)
     extraction = extract_faces([(0, 0.0, frame)], OneFace(), settings.data.faces)
     assert extraction.crops.shape[1:3] == (112, 112)
+
+
+def test_published_weights_of_other_sizes_fall_back_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import Wav2Vec2Model
+
+    config = ModelConfig(registry_config="tiny", audio={"pretrained": True, "encoder": str(tmp_path / "w2v")})
+    other = config.audio.model_copy(update={"intermediate_size": 128})
+    Wav2Vec2Model(other.to_wav2vec2_config()).save_pretrained(tmp_path / "w2v")
+    with caplog.at_level(logging.WARNING):
+        _, flags = build_detector(config, seed=0)
+    assert flags == PretrainedFlags()
+    assert "do not fit the configured sizes" in caplog.text and "RANDOM INITIALISATION" in caplog.text

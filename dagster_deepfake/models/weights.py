@@ -151,6 +151,18 @@ def load_timm_backbone(
         return None
 
 
+def _copy_weights(target: nn.Module, source: nn.Module, what: str) -> bool:
+    """Copy `source`'s weights into `target`; False (with a WARNING) when their shapes differ,
+    e.g. published wav2vec2-base weights for the sizes of the tiny variant."""
+    try:
+        target.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        logger.warning("%s: published weights do not fit the configured sizes (%s)", what, first)
+        return False
+    return True
+
+
 def load_pretrained_weights(
     model: DeepfakeDetector,
     config: DetectorConfig,
@@ -167,14 +179,18 @@ def load_pretrained_weights(
     flags = PretrainedFlags()
     if config.audio.pretrained:
         wav2vec2 = load_wav2vec2(config.audio, allow_download=allow_download, timeout=timeout)
-        if wav2vec2 is not None:
-            model.audio_encoder.wav2vec2.load_state_dict(wav2vec2.state_dict())
+        if wav2vec2 is not None and _copy_weights(
+            model.audio_encoder.wav2vec2, wav2vec2, f"audio encoder {config.audio.source}"
+        ):
             apply_freeze_policy(model.audio_encoder.wav2vec2, config.audio)
             flags.audio_encoder = True
     if config.video.pretrained:
         backbone = load_timm_backbone(config.video, allow_download=allow_download, timeout=timeout)
-        if backbone is not None:
-            model.frame_encoder.backbone.load_state_dict(backbone.state_dict())
+        if backbone is not None and _copy_weights(
+            model.frame_encoder.backbone, backbone, f"video backbone {config.video.backbone}"
+        ):
+            if config.video.freeze_backbone:
+                model.frame_encoder.backbone.requires_grad_(False)
             flags.video_backbone = True
     missing = [
         f"{what} ({source})"
