@@ -47,9 +47,7 @@ class Evidence:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_store(
-        cls, store: ArtifactStore, db: ResultsDB, video_id: str, settings: Settings
-    ) -> Evidence:
+    def from_store(cls, store: ArtifactStore, db: ResultsDB, video_id: str, settings: Settings) -> Evidence:
         """What the per-video assets stored for `video_id` (artifact store + the `videos` row)."""
         from dagster_deepfake.storage import stage_io
 

@@ -169,7 +169,9 @@ def build_document(
         additions=Additions(
             video_id=evidence.video_id,
             file_name=evidence.file_name,
-            probe=ProbeFacts(**{k: probe[k] for k in ProbeFacts.model_fields if k in probe}) if probe else None,
+            probe=ProbeFacts(**{k: probe[k] for k in ProbeFacts.model_fields if k in probe})
+            if probe
+            else None,
             vad_enabled=evidence.vad_enabled,
             optical_flow_enabled=evidence.optical_flow_enabled,
             modalities_used=list(pred["modalities"]),

@@ -48,7 +48,9 @@ class ProbedVideo:
     warnings: list[str]
 
 
-def probe_stage(path: str | os.PathLike[str], settings: Settings, *, sha256: str | None = None) -> ProbedVideo:
+def probe_stage(
+    path: str | os.PathLike[str], settings: Settings, *, sha256: str | None = None
+) -> ProbedVideo:
     """Probe and validate a local file (raises InvalidVideoError with a one-line reason)."""
     from dagster_deepfake.media.probe import probe_video, validate_probe
 
