@@ -273,6 +273,8 @@ class ModelConfig(_Section):
         if not isinstance(data, dict):
             return data
         name = data.get("registry_config", "contract")
+        if not isinstance(name, str):
+            return data  # field validation reports the type
         if name not in MODEL_VARIANTS:
             raise KeyValueError(
                 "registry_config", f"unknown variant {name!r} (known: {', '.join(sorted(MODEL_VARIANTS))})"

@@ -517,3 +517,27 @@ def test_published_weights_of_other_sizes_fall_back_loudly(
         _, flags = build_detector(config, seed=0)
     assert flags == PretrainedFlags()
     assert "do not fit the configured sizes" in caplog.text and "RANDOM INITIALISATION" in caplog.text
+
+
+def test_checkpoints_written_before_the_one_tree_still_load(tmp_path: Path) -> None:
+    import json
+
+    from dagster_deepfake.models.checkpoint import load_checkpoint
+
+    model, manifest = build_untrained("tiny", seed=0)
+    save_checkpoint(tmp_path, model, manifest)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    old = data["detector_config"]
+    old["name"] = old.pop("registry_config")
+    old["head"] = old.pop("classification")
+    old["fusion"]["num_heads"] = old["fusion"].pop("attention_heads")
+    old["fusion"].update(type="cross_modal_attention", modality_dropout=0.2)
+    old["video"]["backbone_weights"] = old["video"].pop("weights")
+    old["video"]["input_size"] = 224
+    del old["video"]["pretrained"], old["video"]["freeze_backbone"], old["audio"]["pretrained"]
+    old["allow_pretrained"] = False
+    data["config_hash"] = "0123456789ab"  # hashed over the old layout
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    loaded, upgraded = load_checkpoint(tmp_path)
+    assert upgraded.detector_config == manifest.detector_config
+    assert torch.equal(loaded.head.classifier.weight, model.head.classifier.weight)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from safetensors.torch import load_file, load_model, save_model
 
 from .configuration import DetectorConfig
@@ -24,6 +24,30 @@ from .weights import PretrainedFlags, build_detector
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+
+def upgrade_legacy_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A manifest's `detector_config` written before the one settings tree (keys `name`, `head`,
+    `fusion.num_heads`, `fusion.type`, `video.backbone_weights`, `allow_pretrained` …) in
+    today's keys; None when it is already current. The architecture is unchanged."""
+    legacy = {"name", "head", "allow_pretrained"} & set(config) or "num_heads" in (config.get("fusion") or {})
+    if not legacy:
+        return None
+    new = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    new["registry_config"] = new.pop("name", "contract")
+    new["classification"] = new.pop("head", {})
+    fusion, video = new.setdefault("fusion", {}), new.setdefault("video", {})
+    if "num_heads" in fusion:
+        fusion["attention_heads"] = fusion.pop("num_heads")
+    fusion.pop("type", None)
+    fusion.pop("modality_dropout", None)  # a training setting now (training.modality_dropout_prob)
+    if "backbone_weights" in video:
+        video["weights"] = video.pop("backbone_weights")
+    video.pop("input_size", None)  # data.resolution now; the backbone pools globally
+    allow = bool(new.pop("allow_pretrained", True))
+    new.setdefault("audio", {})["pretrained"] = allow
+    video["pretrained"] = allow
+    return new
 
 
 class CheckpointManifest(BaseModel):
@@ -42,6 +66,17 @@ class CheckpointManifest(BaseModel):
     # `settings.training` of the run that trained the weights (optimizer, lr, λ, modality dropout …).
     training: dict[str, Any] | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Read checkpoints written before the one settings tree (their hash is recomputed)."""
+        if isinstance(data, dict) and isinstance(data.get("detector_config"), dict):
+            upgraded = upgrade_legacy_config(data["detector_config"])
+            if upgraded is not None:
+                config = DetectorConfig.model_validate(upgraded)
+                data = {**data, "detector_config": config, "config_hash": config.config_hash()}
+        return data
 
     @classmethod
     def for_model(cls, model: DeepfakeDetector, **fields: Any) -> CheckpointManifest:
