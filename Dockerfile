@@ -7,7 +7,7 @@
 # TORCH_VARIANT is a PyTorch wheel index (https://download.pytorch.org/whl/<variant>): `cpu`,
 # or a CUDA build such as `cu126`. CUDA wheels carry their own CUDA runtime; a GPU node only
 # needs the NVIDIA driver and the device plugin. torch and torchvision are installed as the
-# matching pair pinned in pyproject.toml (DESIGN §6), before the project, from that index.
+# matching pair pinned in pyproject.toml (docs/ARCHITECTURE.md §6), before the project, from that index.
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim
 

@@ -212,7 +212,7 @@ class ClassificationConfig(_Section):
 
 #: The variants: layers over the contract defaults (the contract itself is the empty layer).
 MODEL_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    # DESIGN §1: wav2vec2-base (8 frozen + 4 fine-tuned layers) → 512; EfficientNet-B3 1536 + 2
+    # docs/ARCHITECTURE.md §1: wav2vec2-base (8 frozen + 4 fine-tuned layers) → 512; EfficientNet-B3 1536 + 2
     # flow → 1538; Conv1d over 5-frame windows → 2048; cross attention 512 × 4 heads → 2560 → 2.
     "contract": {},
     # The same classes at toy sizes: tests and CPU demos. Never looks for pretrained weights.

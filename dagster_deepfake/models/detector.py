@@ -1,4 +1,4 @@
-"""The full audio-visual deepfake detector (DESIGN §1)."""
+"""The full audio-visual deepfake detector (docs/ARCHITECTURE.md §1)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from dagster_deepfake.config import Settings, resolve_model_config
+from dagster_deepfake.storage.postgres import ResultsDB
 
 MANIFEST_FILE = "manifest.json"  # = models.checkpoint.MANIFEST_FILE (that module imports torch)
 
@@ -42,3 +43,21 @@ def serving_model_version(settings: Settings) -> str | None:
         extra = sorted(f for f in folder.glob("*") if (f / MANIFEST_FILE).is_file())[: size - 1]
         versions += [v for f in extra if (v := _version(f))]
     return "+".join(dict.fromkeys(versions))
+
+
+def reanalyze_if_stale(db: ResultsDB, settings: Settings, video_id: str, requested_by: str) -> bool:
+    """Ask for a new analysis when the video's verdict came from another model than the serving one.
+
+    Called when known bytes arrive again (bucket re-drop, API re-upload). True when one was
+    requested; never for a job still on its way, a failed one (the input's fault stays its fault),
+    a dataset video's features-only job, or a verdict the serving model gave.
+    """
+    job = db.get_job(video_id)
+    result = (job or {}).get("result") or {}
+    given_by = (result.get("metadata") or {}).get("model_version")
+    if not job or job["status"] != "completed" or not given_by:
+        return False
+    serving = serving_model_version(settings)
+    if serving is None or serving == given_by:
+        return False
+    return db.request_analysis(video_id, serving, requested_by=requested_by)

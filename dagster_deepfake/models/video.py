@@ -45,7 +45,7 @@ class FrameEncoder(nn.Module):
                 f"backbone {config.backbone!r} outputs {width} features but "
                 f"video.feature_dim is {config.feature_dim}"
             )
-        # channels_last is the fast layout for convolutions on CPU (DESIGN §7: 12.7 s → 7.3 s).
+        # channels_last is the fast layout for convolutions on CPU (docs/ARCHITECTURE.md §7: 12.7 s → 7.3 s).
         self.backbone.to(memory_format=torch.channels_last)
         self.frozen = config.freeze_backbone
         if self.frozen:

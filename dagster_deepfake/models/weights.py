@@ -3,7 +3,7 @@
 Order for each branch: a local source (a folder / checkpoint file, or the Hugging Face cache),
 then — only when `allow_download` and the hub is not offline — a download with a short
 timeout, else random initialisation with a WARNING. The returned `PretrainedFlags` travel into
-the checkpoint manifest, every prediction row and the report (DESIGN §5).
+the checkpoint manifest, every prediction row and the report (docs/ARCHITECTURE.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Content-addressed partition keys (DESIGN §3): `v_` + first 16 hex digits of the file's SHA-256."""
+"""Content-addressed partition keys (docs/ARCHITECTURE.md §3): `v_` + first 16 hex digits of the file's SHA-256."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ evaluations = Table(
 
 
 def normalise_url(url: str) -> str:
-    """Force the psycopg 3 driver (DESIGN §6: SQLAlchemy 2 needs an explicit driver)."""
+    """Force the psycopg 3 driver (docs/ARCHITECTURE.md §6: SQLAlchemy 2 needs an explicit driver)."""
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")

@@ -29,7 +29,7 @@ Choices, and why:
   faces at 224 px, 2 cores with native bf16): a step takes 5.7 s in bf16 against 4.6 s in
   fp32, and the bf16 gradient differs from fp32 by 17 % (cosine 0.986), so it costs time and
   accuracy. The flag stays for the contract model (EfficientNet-B3 runs 2x faster in bf16 on
-  these CPUs, DESIGN §7) and for GPUs; check learning curves before making it a default there.
+  these CPUs, docs/ARCHITECTURE.md §7) and for GPUs; check learning curves before making it a default there.
 * Resuming happens at epoch boundaries: the state of `last/` is written after every epoch
   and a new call with `resume=True` continues from its epoch and step. Clip sampling and
   augmentation are seeded by (seed, epoch, index) and the epoch order by (seed, epoch), so a
