@@ -38,7 +38,7 @@ def dagster_pg_url(pg_url: str) -> str:
         conn.execute(text("CREATE DATABASE dagster_test"))
     admin.dispose()
     # dagster-postgres needs psycopg2, named explicitly: SQLAlchemy 2.1 maps a bare postgresql://
-    # to psycopg 3, on which dagster's NOTIFY statements fail (DESIGN §6).
+    # to psycopg 3, on which dagster's NOTIFY statements fail (docs/ARCHITECTURE.md §6).
     url = make_url(pg_url).set(drivername="postgresql+psycopg2", database="dagster_test")
     return url.render_as_string(hide_password=False)
 
