@@ -38,7 +38,7 @@ def test_artifact_paths_are_spelled_in_one_module():
         if path.name == "layout.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if node.value.startswith(("videos/", "tables/", "datasets/")):
-                    spelled.append(f"{path.name}: {node.value!r}")
+            is_str = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_str and node.value.startswith(("videos/", "tables/", "datasets/")):
+                spelled.append(f"{path.name}: {node.value!r}")
     assert not spelled, spelled
