@@ -541,3 +541,18 @@ def test_checkpoints_written_before_the_one_tree_still_load(tmp_path: Path) -> N
     loaded, upgraded = load_checkpoint(tmp_path)
     assert upgraded.detector_config == manifest.detector_config
     assert torch.equal(loaded.head.classifier.weight, model.head.classifier.weight)
+
+
+def test_the_serving_fallback_uses_local_published_weights_when_pretrained(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    save_file(
+        timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(tmp_path / "b.safetensors")
+    )
+    config = ModelConfig(
+        registry_config="tiny", video={"pretrained": True, "weights": str(tmp_path / "b.safetensors")}
+    )
+    (_, manifest), *_ = load_ensemble(None, str(tmp_path / "models"), config, 1)[0]
+    assert manifest.pretrained == PretrainedFlags(audio_encoder=False, video_backbone=True)
+    assert not manifest.trained and manifest.weights_label == "pretrained-backbones"

@@ -96,11 +96,13 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: Mod
         with FileLock(str(fallback.parent / f".{fallback.name}.lock")):
             if not (fallback / MANIFEST_FILE).is_file():
                 log.warning(
-                    "no trained checkpoint: serving an UNTRAINED %s model (random init, pretrained: false) from %s",
+                    "no trained checkpoint: serving an UNTRAINED %s model from %s (random init, except "
+                    "published backbone weights found locally where model.*.pretrained is true)",
                     config.registry_config,
                     fallback,
                 )
-                model, manifest = build_untrained(config, seed=0)
+                # Never downloads here: a run must not wait on the hub. The flags say what loaded.
+                model, manifest = build_untrained(config, seed=0, pretrained=True)
                 save_checkpoint(fallback, model, manifest)
     return fallback
 

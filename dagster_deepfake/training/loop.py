@@ -259,7 +259,9 @@ def train_detector(
     frame_rate = frame_rate if frame_rate is not None else data_cfg.frame_rate
     plan = plan_training(len(train_ids), training_cfg, max_epochs=max_epochs, max_steps=max_steps)
 
-    model, flags = build_detector(config, pretrained=pretrained, seed=seed)
+    # The branches whose `model.*.pretrained` is true load published weights: a local folder or
+    # file, the Hugging Face cache, else a bounded download (skipped when HF_HUB_OFFLINE is set).
+    model, flags = build_detector(config, pretrained=pretrained, allow_download=True, seed=seed)
     model.fusion.modality_dropout = training_cfg.modality_dropout_prob
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
