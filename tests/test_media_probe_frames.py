@@ -24,7 +24,7 @@ from dagster_deepfake.media.audio import extract_audio, has_audio_stream
 from dagster_deepfake.media.ffmpeg_bin import find_binary
 from dagster_deepfake.media.frames import expected_frame_count, output_size, sample_frames
 from dagster_deepfake.media.probe import probe_video, validate_probe
-from tests.conftest import shared_clip
+from tests.conftest import shared_clip, write_reliability_section
 from tests.mp4_boxes import set_durations, set_rotation
 
 SCOPE = {"min_height": 240, "max_height": 1080, "max_duration_seconds": 900}
@@ -548,3 +548,85 @@ def test_odd_rotation_does_not_claim_upright(ffmpeg_video, tmp_path):
     assert frame[0, 0].max() < 16 and frame[-1, -1].max() < 16  # the rotated-out corners are black
     upright = ffmpeg_video("upright.mp4", size="320x240", audio=False)
     assert next(iter(sample_frames(upright, probe_video(upright), 5))).image[0, 0].max() > 16
+
+
+def test_hostile_media_table(ffmpeg_video, tmp_path, lying_header, resolution_bomb):
+    """Every hostile-media class through the media layer in a subprocess (tests/media_case.py):
+    its outcome, wall time and peak memory go into docs/RELIABILITY.md ("Hostile media")."""
+    real = ffmpeg_video("real.mp4", audio=True)
+    refs = _referencing_files(tmp_path, str(real))
+    uhd = tmp_path / "uhd.mp4"
+    _ff(
+        *("-f", "lavfi", "-i", "testsrc2=size=3840x2160:rate=25", "-frames:v", "3"),
+        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(uhd)),
+    )
+    one = tmp_path / "one.mp4"
+    _ff(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25",
+        "-frames:v",
+        "1",
+        "-pix_fmt",
+        "yuv420p",
+        str(one),
+    )
+    tilted = tmp_path / "tilted.mp4"
+    tilted.write_bytes(set_rotation(ffmpeg_video("t.mp4", audio=False).read_bytes(), 45.0))
+    pattern = tmp_path / "clip_%03d.mp4"
+    pattern.write_text("not a video\n")
+    cases = [
+        (
+            "HLS playlist named .mp4, pointing at a local video",
+            refs["playlist.mp4"][0],
+            "refused",
+            "HLS playlist",
+        ),
+        (
+            "concat list named .mp4, pointing at a local video",
+            refs["concat.mp4"][0],
+            "refused",
+            "concat list",
+        ),
+        ("MPEG-DASH manifest named .mp4", refs["manifest.mp4"][0], "refused", "DASH manifest"),
+        ("SDP description named .mp4 (network streams)", refs["session.mp4"][0], "refused", "SDP"),
+        ("image-sequence pattern name (`%03d`)", pattern, "refused", "image sequence pattern"),
+        ("header says 60 s, stream holds 20 min (1.4 MB)", lying_header[1], "refused", "header says 60.0 s"),
+        ("16000x8000 H.264 (2 frames, 380 KB)", resolution_bomb, "refused", "exceeds the limit"),
+        ("3840x2160 H.264 (within the pixel limit)", uhd, "completed", "scaled down to 1080p"),
+        ("one-frame video", one, "refused", "too short: 1 frame"),
+        ("45° display matrix", tilted, "completed", "not a multiple of 90°"),
+    ]
+    rows, failures = [], []
+    for label, path, expected, needle in cases:
+        case = _media_case(path)
+        text = case.get("reason") or " ".join(case.get("warnings") or [])
+        if case["outcome"] == "completed":
+            text = f"{case['frames']} frames of {case['shape'][1]}x{case['shape'][0]}; " + text
+        ok = case["outcome"] == expected and needle in text
+        if not ok:
+            failures.append((label, case))
+        rows.append(
+            f"| {label} | {case['outcome']} | {text.replace('|', '/')[:150]} | {case['seconds']:.2f} | "
+            f"{case['rss_mb']:.0f} / {case['child_rss_mb']:.0f} | {'yes' if ok else 'NO'} |"
+        )
+    assert not failures, failures
+    lines = [
+        "## Hostile media",
+        "",
+        "Each file went through the media layer every entry point uses (probe gate, probe_video,",
+        "validate_probe with the default scope, frame sampling to the end, audio extraction) in its",
+        "own process (`tests/media_case.py`). *s* is that process's wall time including Python start",
+        "(about 0.3 s); *RSS* its peak and the peak of its largest ffprobe/ffmpeg child, in MB",
+        "(the child figure includes the few tens of MB it inherits at fork). 2-core machine shared",
+        "with other jobs: times are indicative. The same classes go through the CLI and Dagster in",
+        "*Bad inputs* above; wedged ffprobe/ffmpeg runs end in one line too (`ffprobe did not finish",
+        "within 60 s`, `ffmpeg (frame sampling) produced nothing for 120 s`; tests",
+        "`test_ffprobe_timeout_is_a_one_line_reason`, `test_ffmpeg_timeouts_are_one_line_reasons`).",
+        "",
+        "| input | outcome | reason / result | s | RSS python / ffmpeg MB | as documented |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
+    write_reliability_section("hostile-media", lines)
