@@ -491,6 +491,9 @@ class PlatformConfig(_Section):
     checkpoint: str | None = None
     model_dir: str = "./.models"
     max_duration_seconds: float = 900
+    # Width x height of the coded frame, checked before any decoding (default: 4096x2160, so 4K
+    # passes); frames are scaled to data.max_height inside ffmpeg either way (docs/RELIABILITY.md).
+    max_pixels: int = Field(4096 * 2160, gt=0)
     max_upload_bytes: int = 2 * 1024**3
     # Bytes all uploads in flight may spool to the API's temp folder together; an upload that
     # would go over it answers 503 with Retry-After (docs/API.md).

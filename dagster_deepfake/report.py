@@ -197,6 +197,16 @@ def build_document(
                 for k, ((a, b), p) in enumerate(zip(windows.spans, windows.p_fake, strict=True))
             ],
             timings_sec=dict(evidence.timings),
-            warnings=list(dict.fromkeys(evidence.warnings)),
+            warnings=list(dict.fromkeys([*evidence.warnings, *_switch_warnings(evidence)])),
         ),
     )
+
+
+def _switch_warnings(evidence: Evidence) -> list[str]:
+    """Contract switches that were off, said where a reader of the document sees them."""
+    said = []
+    if not evidence.vad_enabled:
+        said.append("VAD off (data.vad_enabled: false): the whole audio track was encoded as speech")
+    if not evidence.optical_flow_enabled:
+        said.append("optical flow off (data.optical_flow_enabled: false): the two flow inputs were zero")
+    return said

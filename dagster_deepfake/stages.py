@@ -54,15 +54,20 @@ def probe_stage(
     """Probe and validate a local file (raises InvalidVideoError with a one-line reason)."""
     from dagster_deepfake.media.probe import probe_video, validate_probe
 
-    probe = probe_video(path)
-    warnings = validate_probe(
-        probe,
-        min_height=settings.data.min_height,
-        max_height=settings.data.max_height,
-        max_duration_seconds=settings.platform.max_duration_seconds,
-    )
+    probe = probe_video(path, max_pixels=settings.platform.max_pixels)
+    warnings = validate_probe(probe, **scope_limits(settings))
     sha = sha256 or sha256_file(str(path))
     return ProbedVideo(partition_key_for_sha256(sha), sha, probe, warnings)
+
+
+def scope_limits(settings: Settings) -> dict:
+    """The limits every path applies to a probed video (`media.probe.validate_probe`'s keywords)."""
+    return {
+        "min_height": settings.data.min_height,
+        "max_height": settings.data.max_height,
+        "max_duration_seconds": settings.platform.max_duration_seconds,
+        "max_pixels": settings.platform.max_pixels,
+    }
 
 
 def ingest_stage(
@@ -104,7 +109,13 @@ def frames_stage(path: str | os.PathLike[str], probe: VideoProbe, settings: Sett
     """Frames at `data.frame_rate`, decoded lazily (iterate once; warnings land on the sampler)."""
     from dagster_deepfake.media.frames import sample_frames
 
-    return sample_frames(path, probe, settings.data.frame_rate)
+    return sample_frames(
+        path,
+        probe,
+        settings.data.frame_rate,
+        max_side=settings.data.max_height,
+        max_pixels=settings.platform.max_pixels,
+    )
 
 
 def faces_stage(frames: Iterable[SampledFrame], settings: Settings, video_ref: str) -> FaceExtraction:

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
 from dagster_deepfake.api import create_app
+from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.ingest import register_object
 from dagster_deepfake.models.checkpoint import build_untrained, save_checkpoint
 from dagster_deepfake.models.serving import reanalyze_if_stale, serving_model_version
@@ -38,7 +39,7 @@ def _tick(sensor, instance, settings):
 
 @pytest.mark.slow
 def test_new_model_reanalyses_and_keeps_history(settings, db, tmp_path):
-    settings.model.registry_config = "tiny"
+    settings.model = ModelConfig(registry_config="tiny")
     settings.platform.model_dir = str(tmp_path / "models")
     clip = generate_clip(tmp_path / "c.mp4", seed=3, duration=2.0, width=320, height=240, audio="none")
     bucket = UploadBucket(settings.platform.upload_uri, settings.platform.upload_suffixes)

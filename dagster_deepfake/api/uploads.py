@@ -25,6 +25,7 @@ from dagster_deepfake.errors import InvalidVideoError
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.models.serving import reanalyze_if_stale
 from dagster_deepfake.report import JobStatus
+from dagster_deepfake.stages import scope_limits
 from dagster_deepfake.storage.keys import partition_key_for_sha256
 
 log = logging.getLogger(__name__)
@@ -245,19 +246,13 @@ def _check_video(ctx: ApiContext, path: str) -> tuple[str, VideoProbe]:
             "(accepted: MP4/MOV/M4V, Matroska/WebM, AVI; the file name's extension is not trusted)",
         )
     try:
-        probe = probe_video(path)
+        probe = probe_video(path, max_pixels=ctx.settings.platform.max_pixels)
     except InvalidVideoError as exc:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"the upload is not a usable video: {exc.reason}"
         ) from None
-    d, p = ctx.settings.data, ctx.settings.platform
     try:
-        validate_probe(
-            probe,
-            min_height=d.min_height,
-            max_height=d.max_height,
-            max_duration_seconds=p.max_duration_seconds,
-        )
+        validate_probe(probe, **scope_limits(ctx.settings))
     except InvalidVideoError as exc:
         raise HTTPException(422, f"the video is outside the supported scope: {exc.reason}") from None
     return container, probe
