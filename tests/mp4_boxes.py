@@ -110,3 +110,40 @@ def set_rotation(data: bytes, degrees: float) -> bytes:
         out[matrix : matrix + 36] = packed
         break
     return bytes(out)
+
+
+def _alias_entry(target_name: str) -> bytes:
+    """A QuickTime alias ('alis') data-reference entry naming `target_name` in the movie's own
+    folder (nlvl_from = nlvl_to = 1): what ffmpeg's mov demuxer opens when enable_drefs is on."""
+    name = target_name.encode()
+    body = bytearray()
+    body += b"\x00" * 10
+    body += bytes([3]) + b"vol".ljust(27, b"\x00")
+    body += b"\x00" * 12
+    body += bytes([len(name[:63])]) + name[:63].ljust(63, b"\x00")
+    body += b"\x00" * 16
+    body += struct.pack(">HH", 1, 1)  # nlvl_from, nlvl_to
+    body += b"\x00" * 16
+    path = b"/" + name
+    body += struct.pack(">HH", 2, len(path)) + path + (b"\x00" if len(path) % 2 else b"")
+    body += struct.pack(">hH", -1, 0)
+    return struct.pack(">I", 12 + len(body)) + b"alis" + b"\x00\x00\x00\x00" + bytes(body)
+
+
+def with_external_dref(data: bytes, target_name: str) -> bytes:
+    """The file with its video track's data reference pointing at another file (an alias). The
+    index (moov) must come after the media data, so no chunk offset moves."""
+    drefs = [d for d in find(data, "minf/dinf/dref")]
+    moov = find(data, "moov")[0]
+    mdat = find(data, "mdat")[0]
+    assert drefs and moov.offset > mdat.offset, "needs a moov-last MP4"
+    dref = drefs[0]
+    new = b"\x00\x00\x00\x00" + struct.pack(">I", 1) + _alias_entry(target_name)
+    new = struct.pack(">I", 8 + len(new)) + b"dref" + new
+    delta = len(new) - dref.size
+    out = bytearray(data[: dref.offset] + new + data[dref.end :])
+    for box in boxes(data):
+        if box.offset < dref.offset < box.end and box.header == 8:  # ancestors of the dref
+            size = struct.unpack(">I", data[box.offset : box.offset + 4])[0]
+            out[box.offset : box.offset + 4] = struct.pack(">I", size + delta)
+    return bytes(out)

@@ -25,7 +25,7 @@ from dagster_deepfake.media.ffmpeg_bin import find_binary
 from dagster_deepfake.media.frames import expected_frame_count, output_size, sample_frames
 from dagster_deepfake.media.probe import probe_video, validate_probe
 from tests.conftest import shared_clip, write_reliability_section
-from tests.mp4_boxes import set_durations, set_rotation
+from tests.mp4_boxes import set_durations, set_rotation, with_external_dref
 
 SCOPE = {"min_height": 240, "max_height": 1080, "max_duration_seconds": 900}
 
@@ -259,6 +259,46 @@ def test_files_that_point_at_other_files_are_refused_without_opening_them(ffmpeg
             assert sampler.frames_read == 0
     finally:
         assert not watch.close(), "a referenced file was opened"
+
+
+def test_mp4_external_data_reference_is_never_followed(ffmpeg_video, tmp_path):
+    """An MP4 whose video track's data reference is an alias to another file (the one way an
+    accepted container points elsewhere): ffmpeg opens it with `-enable_drefs 1`, the gate keeps
+    it off, so the target (a FIFO recording any open) is never opened on any entry point."""
+    src = ffmpeg_video("src.mp4", audio=True)  # moov after mdat: ffmpeg's default
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    evil = folder / "evil.mp4"
+    evil.write_bytes(with_external_dref(src.read_bytes(), "target.mp4"))
+    watch = OpenWatch(folder / "target.mp4")
+    try:
+        outcomes = []
+        for call in (
+            lambda: probe_video(evil),
+            lambda: list(sample_frames(evil, probe_video(src), 5)),
+            lambda: extract_audio(evil, has_audio=True),
+        ):
+            try:
+                call()
+                outcomes.append("completed")
+            except InvalidVideoError as exc:
+                assert "\n" not in exc.reason
+                outcomes.append(exc.reason)
+        assert not watch.opened, outcomes
+        # The test can fail: without the gate's setting ffprobe does open the target.
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-enable_drefs", "1", "-show_streams", str(evil)],
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 5
+        while not watch.opened and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.opened, "the crafted alias was not followed even with enable_drefs 1"
+    finally:
+        watch.close()
+    with pytest.raises(InvalidVideoError, match="track data is in another file"):
+        probe_video(evil)
 
 
 @pytest.mark.parametrize("demuxer", gate.VIDEO_DEMUXERS)
@@ -576,6 +616,8 @@ def test_hostile_media_table(ffmpeg_video, tmp_path, lying_header, resolution_bo
     tilted.write_bytes(set_rotation(ffmpeg_video("t.mp4", audio=False).read_bytes(), 45.0))
     pattern = tmp_path / "clip_%03d.mp4"
     pattern.write_text("not a video\n")
+    aliased = tmp_path / "aliased.mp4"
+    aliased.write_bytes(with_external_dref(real.read_bytes(), real.name))
     cases = [
         (
             "HLS playlist named .mp4, pointing at a local video",
@@ -592,6 +634,7 @@ def test_hostile_media_table(ffmpeg_video, tmp_path, lying_header, resolution_bo
         ("MPEG-DASH manifest named .mp4", refs["manifest.mp4"][0], "refused", "DASH manifest"),
         ("SDP description named .mp4 (network streams)", refs["session.mp4"][0], "refused", "SDP"),
         ("image-sequence pattern name (`%03d`)", pattern, "refused", "image sequence pattern"),
+        ("MP4 whose video data is an alias to a local video", aliased, "refused", "in another file"),
         ("header says 60 s, stream holds 20 min (1.4 MB)", lying_header[1], "refused", "header says 60.0 s"),
         ("16000x8000 H.264 (2 frames, 380 KB)", resolution_bomb, "refused", "exceeds the limit"),
         ("3840x2160 H.264 (within the pixel limit)", uhd, "completed", "scaled down to 1080p"),

@@ -86,12 +86,17 @@ def _ffprobe_json(
 ) -> dict[str, Any]:
     cmd = [
         ffprobe(),
-        *("-v", "error", "-hide_banner"),
+        *("-v", "warning", "-hide_banner"),
         *gate.input_args(path, container=container, max_pixels=max_pixels),
         *("-show_format", "-show_streams", "-of", "json"),
     ]
     proc = gate.run_tool(cmd, path, timeout_s=timeout_s, what="ffprobe")
     stderr = proc.stderr.decode(errors="replace")
+    if "Skipped opening external track" in stderr:  # the mov demuxer's drefs, kept off by the gate
+        raise InvalidVideoError(
+            path,
+            "an MP4/MOV whose track data is in another file (external data reference), which is never opened",
+        )
     if proc.returncode != 0:
         size = gate.oversize_in(stderr)
         if size and max_pixels:
