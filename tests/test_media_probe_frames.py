@@ -400,6 +400,21 @@ def test_lying_header_is_refused_from_the_packets(lying_header):
     assert float(header.stdout) == pytest.approx(60.0)
 
 
+def test_edit_list_lead_in_is_not_a_lying_length(tmp_path):
+    """A lossless cut from the middle of a long GOP keeps 8 s of lead-in packets that the edit
+    list discards: the stream shown is 2 s, as the header says, and the file is accepted."""
+    src, cut = tmp_path / "gop.mp4", tmp_path / "cut.mp4"
+    _ff(
+        *("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "12", "-g", "250"),
+        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(src)),
+    )
+    _ff("-ss", "8", "-i", str(src), "-t", "2", "-c", "copy", str(cut))
+    p = probe_video(cut)
+    assert p.duration == pytest.approx(2.0, abs=0.05) and p.stream_duration == pytest.approx(2.0, abs=0.05)
+    assert p.n_packets == 50 and p.n_frames == 250  # 200 lead-in packets decoded, never shown
+    assert len(list(sample_frames(cut, p, 5))) == 10
+
+
 def test_sampling_stops_at_the_validated_length(lying_header):
     """Belt to the braces: handed a probe that believes the header (60 s), the sampler reads
     the input only to 61 s (-t) and never yields more than the grid's 300 frames + 2."""

@@ -50,7 +50,8 @@ class VideoProbe:
     variable_frame_rate: bool
     warnings: list[str] = field(default_factory=list)
     # Measured from the packets (not the header): seconds the video stream really runs and its
-    # packet (= frame) count. None for probes made before the scan existed.
+    # count of shown packets (= frames; an edit list's discarded lead-in excluded). None for
+    # probes made before the scan existed.
     stream_duration: float | None = None
     n_packets: int | None = None
     # ffprobe's index of the video stream the probe describes (what frame sampling decodes).
@@ -112,9 +113,13 @@ def _ffprobe_json(
 
 @dataclass
 class _Extent:
-    """What the packets of one stream cover: count, first timestamp, end of the last packet."""
+    """What the packets of one stream cover: count, first timestamp, end of the last packet.
+
+    Packets flagged discard (decoded only as references for an edit list's first frame, never
+    shown) count in `packets` but not in `shown` nor in the time span."""
 
     packets: int = 0
+    shown: int = 0
     first: float | None = None
     end: float | None = None
 
@@ -143,7 +148,7 @@ def _scan_packets(
         ffprobe(),
         *("-v", "error", "-hide_banner"),
         *gate.input_args(path, container=container, max_pixels=max_pixels),
-        *("-show_entries", "packet=stream_index,pts_time,dts_time,duration_time", "-of", "csv=p=0"),
+        *("-show_entries", "packet=stream_index,pts_time,dts_time,duration_time,flags", "-of", "csv=p=0"),
     ]
     tool = gate.StreamedTool(cmd, path, what="ffprobe (packet scan)", timeout_s=timeout_s)
     extents: dict[int, _Extent] = {}
@@ -151,11 +156,14 @@ def _scan_packets(
     try:
         while line := tool.readline():
             fields = line.strip().split(b",")
-            if len(fields) < 4 or not fields[0].isdigit():
+            if len(fields) < 5 or not fields[0].isdigit():
                 continue
             ext = extents.setdefault(int(fields[0]), _Extent())
             ext.packets += 1
             total += 1
+            if b"D" in fields[4]:
+                continue
+            ext.shown += 1
             pts, dts, dur = _num(fields[1]), _num(fields[2]), _num(fields[3])
             t = pts if pts is not None else dts
             if t is not None:
@@ -296,7 +304,7 @@ def probe_video(
     extents = _scan_packets(path, container, max_pixels, timeout_s)
     _check_lengths(path, duration, [("video", video), *(("audio", a) for a in audios[:1])], extents)
     scanned = extents.get(_index(video))
-    if scanned is None or scanned.packets == 0:
+    if scanned is None or scanned.shown == 0:
         raise InvalidVideoError(path, "the video stream holds no packets (no decodable frames)")
     nb = video.get("nb_frames")
     audio = audios[0] if audios else None
@@ -322,7 +330,7 @@ def probe_video(
         # avg and r frame rates differ noticeably for variable-frame-rate streams.
         variable_frame_rate=bool(avg and real and abs(avg - real) / real > 0.01),
         stream_duration=round(scanned.seconds, 4) if scanned.seconds is not None else None,
-        n_packets=scanned.packets,
+        n_packets=scanned.shown,
         video_stream_index=_int(video.get("index")),
     )
 
