@@ -415,6 +415,17 @@ def test_edit_list_lead_in_is_not_a_lying_length(tmp_path):
     assert len(list(sample_frames(cut, p, 5))) == 10
 
 
+def test_audio_that_outlasts_the_picture_is_not_a_lying_length(tmp_path):
+    path = tmp_path / "long_audio.mp4"
+    _ff(
+        *("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=5"),
+        *("-f", "lavfi", "-i", "sine=frequency=440:duration=9"),
+        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)),
+    )
+    p = probe_video(path)
+    assert p.duration == pytest.approx(5.0, abs=0.05) and p.has_audio
+
+
 def test_sampling_stops_at_the_validated_length(lying_header):
     """Belt to the braces: handed a probe that believes the header (60 s), the sampler reads
     the input only to 61 s (-t) and never yields more than the grid's 300 frames + 2."""

@@ -181,10 +181,11 @@ def _scan_packets(
 
 
 def _check_lengths(
-    path: Path, header: float, streams: list[tuple[str, dict[str, Any]]], extents: dict[int, _Extent]
+    path: Path, headers: list[tuple[str, dict[str, Any], float]], extents: dict[int, _Extent]
 ) -> None:
-    """Refuse a file whose video or audio stream runs much longer than its header says."""
-    for kind, stream in streams:
+    """Refuse a file whose video or audio stream runs much longer than its header says
+    (`headers`: kind, stream, the header's length for that stream; the video first)."""
+    for kind, stream, header in headers:
         ext = extents.get(_index(stream))
         seconds = ext.seconds if ext else None
         if seconds is not None and seconds > header + max(_LENGTH_SLACK_S, _LENGTH_SLACK_RATIO * header):
@@ -193,7 +194,7 @@ def _check_lengths(
                 f"the header says {header:.1f} s but the {kind} stream runs {seconds:.1f} s; "
                 "a file whose length lies is not analysed",
             )
-    kind, video = streams[0]
+    kind, video, _ = headers[0]
     ext = extents.get(_index(video))
     nb = str(video.get("nb_frames") or "")
     if ext and nb.isdigit() and ext.packets > 1.1 * int(nb) + 10:
@@ -302,7 +303,13 @@ def probe_video(
     if duration <= 0 or fps <= 0:
         raise InvalidVideoError(path, "zero-duration video (no decodable frames)")
     extents = _scan_packets(path, container, max_pixels, timeout_s)
-    _check_lengths(path, duration, [("video", video), *(("audio", a) for a in audios[:1])], extents)
+    # The video is judged by its own header; audio by its own or the container's, whichever is
+    # longer (audio may legitimately outlast the picture).
+    headers = [("video", video, duration)]
+    headers += [
+        ("audio", a, max(_seconds(a.get("duration")), _seconds(fmt.get("duration")))) for a in audios[:1]
+    ]
+    _check_lengths(path, headers, extents)
     scanned = extents.get(_index(video))
     if scanned is None or scanned.shown == 0:
         raise InvalidVideoError(path, "the video stream holds no packets (no decodable frames)")
