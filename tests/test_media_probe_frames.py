@@ -426,6 +426,50 @@ def test_audio_that_outlasts_the_picture_is_not_a_lying_length(tmp_path):
     assert p.duration == pytest.approx(5.0, abs=0.05) and p.has_audio
 
 
+def test_streamed_matroska_without_a_length_is_measured_not_refused(tmp_path):
+    """A WebM/Matroska written to a pipe (a browser's MediaRecorder, a live capture) has no
+    Duration: its length is what the packets cover."""
+    path = tmp_path / "streamed.mkv"
+    with path.open("wb") as out:
+        subprocess.run(
+            [
+                *(
+                    "ffmpeg",
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc2=size=320x240:rate=25:duration=3",
+                ),
+                *("-f", "lavfi", "-i", "sine=frequency=440:duration=3"),
+                *(
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-f",
+                    "matroska",
+                    "pipe:",
+                ),
+            ],
+            stdout=out,
+            check=True,
+        )
+    header = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert header.stdout.strip() == "N/A"
+    p = probe_video(path)
+    assert p.duration == pytest.approx(3.0, abs=0.1) and p.has_audio
+    assert len(list(sample_frames(path, p, 5))) == 15
+
+
 def test_sampling_stops_at_the_validated_length(lying_header):
     """Belt to the braces: handed a probe that believes the header (60 s), the sampler reads
     the input only to 61 s (-t) and never yields more than the grid's 300 frames + 2."""

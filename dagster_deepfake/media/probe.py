@@ -300,19 +300,24 @@ def probe_video(
     real = _rate(video.get("r_frame_rate"))
     fps = avg or real
     duration = _seconds(video.get("duration")) or _seconds(fmt.get("duration"))
-    if duration <= 0 or fps <= 0:
+    if fps <= 0:
         raise InvalidVideoError(path, "zero-duration video (no decodable frames)")
     extents = _scan_packets(path, container, max_pixels, timeout_s)
-    # The video is judged by its own header; audio by its own or the container's, whichever is
-    # longer (audio may legitimately outlast the picture).
-    headers = [("video", video, duration)]
-    headers += [
-        ("audio", a, max(_seconds(a.get("duration")), _seconds(fmt.get("duration")))) for a in audios[:1]
-    ]
-    _check_lengths(path, headers, extents)
     scanned = extents.get(_index(video))
     if scanned is None or scanned.shown == 0:
         raise InvalidVideoError(path, "the video stream holds no packets (no decodable frames)")
+    if duration <= 0:  # no length in the header (e.g. a streamed WebM/Matroska): what is there
+        duration = scanned.seconds or 0.0
+    if duration <= 0:
+        raise InvalidVideoError(path, "zero-duration video (no decodable frames)")
+    # The video is judged by its own header; audio by its own or the container's, whichever is
+    # longer (audio may legitimately outlast the picture), else by the video's length.
+    headers = [("video", video, duration)]
+    headers += [
+        ("audio", a, max(_seconds(a.get("duration")), _seconds(fmt.get("duration"))) or duration)
+        for a in audios[:1]
+    ]
+    _check_lengths(path, headers, extents)
     nb = video.get("nb_frames")
     audio = audios[0] if audios else None
     return VideoProbe(
