@@ -23,7 +23,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture
 def server(settings, db, tmp_path):
-    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
+    settings.model = ModelConfig(
+        registry_config="tiny"
+    )  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
     with serving_api(settings) as base:
         yield base
@@ -53,7 +55,10 @@ def test_upload_to_completed_job_and_page(server, settings, tmp_path):
 
     job = httpx.get(f"{server}/jobs/{job_id}", timeout=10).json()
     assert job["status"] == "completed"
-    doc = ResultDocument.model_validate(job["result"])
+    # The answer is the result document itself (the contract's keys at the top level).
+    doc = ResultDocument.model_validate(
+        {k: job[k] for k in ("job_id", "status", "prediction", "metadata", "additions")}
+    )
     frames = doc.prediction.anomalous_frames
     assert len(frames) == 5
     png = httpx.get(f"{server}{frames[0].saliency_url}", timeout=10)
