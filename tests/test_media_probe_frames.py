@@ -301,6 +301,20 @@ def test_mp4_external_data_reference_is_never_followed(ffmpeg_video, tmp_path):
         probe_video(evil)
 
 
+def test_a_fifo_in_place_of_a_file_never_blocks(ffmpeg_video, tmp_path):
+    fifo = tmp_path / "x.mp4"
+    os.mkfifo(fifo)
+    p = probe_video(ffmpeg_video(audio=True))
+    for call in (
+        lambda: probe_video(fifo),
+        lambda: list(sample_frames(fifo, p, 5)),
+        lambda: extract_audio(fifo, has_audio=True),
+        lambda: has_audio_stream(fifo),
+    ):
+        with pytest.raises(InvalidVideoError, match="not a regular file"):
+            call()
+
+
 @pytest.mark.parametrize("demuxer", gate.VIDEO_DEMUXERS)
 def test_gate_arguments_alone_stop_other_demuxers(ffmpeg_video, tmp_path, demuxer):
     """Without the sniff (the file changed after it, or the sniff is fooled), the arguments

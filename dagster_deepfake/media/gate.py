@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import threading
@@ -183,10 +184,19 @@ def sniff(path: str | os.PathLike[str], *, allow: tuple[str, ...] = VIDEO_DEMUXE
     """The container of `path` from its first bytes; InvalidVideoError saying what the file is
     when it is not one of `allow`."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+        # O_NONBLOCK: a FIFO or device in place of a file must not block the open; only a
+        # regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise InvalidVideoError(path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidVideoError(path, "not a regular file")
+        head = os.read(fd, _SNIFF_BYTES)
+    except OSError as exc:
+        raise InvalidVideoError(path, f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if not head:
         raise InvalidVideoError(path, "empty file (0 bytes)")
     container = _container(head)
