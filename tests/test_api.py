@@ -195,7 +195,7 @@ def test_same_bytes_again_is_the_same_job_and_stores_nothing_new(
     ("key", "name", "reason"),
     [
         ("noise", "noise.mp4", "unrecognised binary data"),
-        ("image", "photo.mp4", "PNG image"),
+        ("image", "photo.mp4", "still image (PNG)"),
         ("text", "notes.mp4", "text"),
         ("audio", "song.mp4", "audio-only"),
     ],
@@ -273,11 +273,11 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(
 
 def test_safe_file_name_never_keeps_a_path_and_always_has_an_accepted_suffix() -> None:
     allowed = [".mp4", ".mov", ".mkv"]
-    assert safe_file_name("../../a b/c?d.MP4", "mp4", allowed) == "c_d.mp4"
-    assert safe_file_name("C:\\Users\\x\\clip.mov", "mp4", allowed) == "clip.mov"
-    assert safe_file_name("..", "mp4", allowed) == "upload.mp4"
+    assert safe_file_name("../../a b/c?d.MP4", "mov", allowed) == "c_d.mp4"
+    assert safe_file_name("C:\\Users\\x\\clip.mov", "mov", allowed) == "clip.mov"
+    assert safe_file_name("..", "mov", allowed) == "upload.mp4"
     assert safe_file_name(None, "matroska", allowed) == "upload.mkv"
-    assert safe_file_name("movie.exe", "mp4", allowed) == "movie.mp4"
+    assert safe_file_name("movie.exe", "mov", allowed) == "movie.mp4"
     assert safe_file_name("vidéo.mp4", "mp4", allowed) == "video.mp4"
 
 

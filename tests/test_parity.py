@@ -10,16 +10,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS
 from dagster_deepfake.analyze import analyze_file
 from dagster_deepfake.config import ModelConfig
-from dagster_deepfake.ingest import register_object
-from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.synthetic import generate_clip
-from resources import default_resources
+from tests.test_pipeline_e2e import _run as run_per_video_assets
 
 # Keys that say how long something took or where a file lies: they differ by nature.
 VOLATILE = {"processing_time_sec", "timings_sec", "saliency_url"}
@@ -40,22 +36,6 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def _materialize(settings, db, path: Path) -> dict:
-    bucket = UploadBucket(settings.platform.upload_uri, settings.platform.upload_suffixes)
-    reg = register_object(bucket, bucket.put_file(str(path), path.name), db)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("videos", [reg.video_id])
-    result = dg.materialize(
-        [*PER_VIDEO_ASSETS, *ASSET_CHECKS],
-        partition_key=reg.video_id,
-        resources=default_resources(settings),
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
-    return db.get_job(reg.video_id)["result"]
-
-
 @pytest.mark.slow
 def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch):
     # fp32 on every CPU (this one may have native bf16): both paths then agree to 1e-5.
@@ -65,7 +45,9 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
     clip = generate_clip(tmp_path / "talk.mp4", seed=11, duration=3.0, width=320, height=240, audio="speech")
 
     in_process = analyze_file(clip.path, settings, device="cpu", out_dir=tmp_path / "heat").document
-    through_dagster = _materialize(settings, db, clip.path)
+    video_id, result = run_per_video_assets(settings, db, clip.path)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    through_dagster = db.get_job(video_id)["result"]
 
     a, b = _flatten(in_process), _flatten(through_dagster)
     assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())

@@ -35,9 +35,7 @@ from dagster_deepfake.api.uploads import (
     MULTIPART_OVERHEAD_BYTES,
     UPLOAD_FIELD,
     JobSubmitted,
-    describe_content,
     safe_file_name,
-    sniff_container,
 )
 
 __all__ = [
@@ -56,10 +54,8 @@ __all__ = [
     "build_server",
     "check_bind",
     "create_app",
-    "describe_content",
     "is_loopback",
     "render_view",
     "safe_file_name",
     "serve",
-    "sniff_container",
 ]

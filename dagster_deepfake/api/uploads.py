@@ -22,6 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from dagster_deepfake.api.context import _ERRORS, ApiContext, Context, ErrorBody, Identity
 from dagster_deepfake.api.jobs import JobLinks, _links
 from dagster_deepfake.errors import InvalidVideoError
+from dagster_deepfake.media import gate
 from dagster_deepfake.media.probe import VideoProbe, probe_video, validate_probe
 from dagster_deepfake.models.serving import reanalyze_if_stale
 from dagster_deepfake.report import JobStatus
@@ -153,58 +154,8 @@ class _UploadReceiver:
 
 
 # -- upload: content checks -------------------------------------------------------------------------
-# ISO-BMFF / QuickTime top-level boxes a file may open with (at byte 4).
-_QT_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
-# What common non-video uploads look like, to say so in the error.
-_NOT_VIDEO_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"),
-    (b"GIF89a", "a GIF image"),
-    (b"%PDF", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"ID3", "an MP3 audio file"),
-    (b"fLaC", "a FLAC audio file"),
-    (b"OggS", "an Ogg file"),
-)
-
-
-def sniff_container(head: bytes) -> str | None:
-    """The video container family from the first bytes, or None when it is not one we accept.
-
-    Only the containers of `platform.upload_suffixes` (MP4/MOV/M4V, Matroska/WebM, AVI) pass;
-    ffprobe then decides whether the file really holds a decodable video.
-    """
-    if len(head) >= 8 and head[4:8] in _QT_BOXES:
-        return "mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    return None
-
-
-def describe_content(head: bytes) -> str:
-    """A short human guess at what the bytes are, for 415 messages."""
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "a WAV audio file"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "a WebP image"
-    for magic, what in _NOT_VIDEO_SIGNATURES:
-        if head.startswith(magic):
-            return what
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # The 64-byte cut may split one multi-byte character; anything earlier is binary.
-        if exc.start < len(head) - 3:
-            return "unrecognised binary data"
-        text = head[: exc.start].decode("utf-8")
-    return "text" if all(c.isprintable() or c.isspace() for c in text) else "unrecognised binary data"
-
-
-_CONTAINER_SUFFIX = {"mp4": ".mp4", "matroska": ".mkv", "avi": ".avi"}
+# What the probe gate's sniff calls each container (`media.gate.Container.demuxer`) → a suffix.
+_CONTAINER_SUFFIX = {"mov": ".mp4", "matroska": ".mkv", "avi": ".avi", "mpegts": ".ts"}
 
 
 def safe_file_name(client_name: str | None, container: str, allowed_suffixes: list[str]) -> str:
@@ -236,15 +187,14 @@ class _Accepted:
 
 def _check_video(ctx: ApiContext, path: str) -> tuple[str, VideoProbe]:
     """(container, probe) of an acceptable video; HTTPException 415/422 with the reason otherwise."""
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-    container = sniff_container(head)
-    if container is None:
+    # The probe gate's own sniff (media/gate.py): the API refuses exactly what every other path does.
+    try:
+        container = gate.sniff(path).demuxer
+    except InvalidVideoError as exc:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"the upload is not a supported video: its content looks like {describe_content(head)} "
-            "(accepted: MP4/MOV/M4V, Matroska/WebM, AVI; the file name's extension is not trusted)",
-        )
+            f"the upload is not a supported video: {exc.reason} (the file name's extension is not trusted)",
+        ) from None
     try:
         probe = probe_video(path, max_pixels=ctx.settings.platform.max_pixels)
     except InvalidVideoError as exc:
