@@ -5,46 +5,19 @@ never decodes video. A registered dataset is one `register-dataset` call (or `sy
 """
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from assets.common import image_md
-from dagster_deepfake.config import DataConfig, load_settings, overlay_explicit
-from dagster_deepfake.models.publish import publish_checkpoint
+from dagster_deepfake.config import with_training_config
+from dagster_deepfake.models.publish import publish_checkpoint, training_run_dir
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import layout
+from dagster_deepfake.training import registered
 from dagster_deepfake.training.features import StoreFeatureSource
-from dagster_deepfake.training.manifests import (
-    TrainingSets,
-    choose_training_sets,
-    manifest_hash,
-    read_manifest,
-)
+from dagster_deepfake.training.manifests import manifest_hash
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource, TorchDeviceResource
-
-TRAINING_MANIFEST = layout.TRAINING_MANIFEST_REL
-
-
-def _training_rows(store, db) -> pd.DataFrame:
-    """Every registered dataset's rows with their partition key and whether features are cached."""
-    frames = []
-    for name in store.list(layout.DATASETS_DIR):
-        rel = layout.dataset_manifest_rel(name)
-        if store.exists(rel):
-            with store.local_path(rel) as local:
-                frames.append(read_manifest(local).assign(dataset_name=name))
-    if not frames:
-        return pd.DataFrame()
-    manifest = pd.concat(frames, ignore_index=True)
-    ids = db.video_ids_by_source([Path(p).resolve().as_uri() for p in manifest["path"]])
-    manifest["video_id"] = [ids.get(Path(p).resolve().as_uri()) for p in manifest["path"]]
-    manifest["features_cached"] = [
-        bool(v) and store.has_table("faces", v) and store.has_table("flow", v) for v in manifest["video_id"]
-    ]
-    return manifest
 
 
 @dg.asset(
@@ -54,13 +27,12 @@ def _training_rows(store, db) -> pd.DataFrame:
 )
 def dataset_manifest(artifacts: ArtifactStoreResource, postgres: PostgresResource) -> dg.MaterializeResult:
     store = artifacts.store()
-    rows = _training_rows(store, postgres.db())
+    rows = registered.training_rows(store, postgres.db())
     if rows.empty:
         raise dg.Failure(
             "no dataset registered: run `dagster-deepfake register-dataset` (or `synth --n N` + register)"
         )
-    buf = rows.to_parquet(index=False)
-    store.write_bytes(TRAINING_MANIFEST, buf)
+    registered.write_training_manifest(store, rows)
     counts = rows.groupby(["split", "label"]).size().to_dict()
     return dg.MaterializeResult(
         metadata={
@@ -72,26 +44,6 @@ def dataset_manifest(artifacts: ArtifactStoreResource, postgres: PostgresResourc
             ),
         }
     )
-
-
-def _usable_rows(store) -> pd.DataFrame:
-    with store.local_path(TRAINING_MANIFEST) as local:
-        rows = pd.read_parquet(local)
-    return rows[rows["features_cached"]]
-
-
-def _split_ids(store, split: str) -> tuple[list[str], dict[str, tuple[int, str]], str]:
-    usable = _usable_rows(store)
-    labels = {r.video_id: (int(r.label_int), str(r.method)) for r in usable.itertuples()}
-    return list(usable.loc[usable["split"] == split, "video_id"]), labels, manifest_hash(usable)
-
-
-def _training_sets(store, data: DataConfig) -> tuple[TrainingSets, dict[str, tuple[int, str]], str]:
-    """`data.dataset`'s train split and `data.val_dataset`'s val split, their labels and data hash."""
-    sets = choose_training_sets(_usable_rows(store), data.dataset, data.val_dataset)
-    both = pd.concat([sets.train, sets.val])
-    labels = {r.video_id: (int(r.label_int), str(r.method)) for r in both.itertuples()}
-    return sets, labels, manifest_hash(both)
 
 
 class TrainingRunConfig(dg.Config):
@@ -125,20 +77,13 @@ def trained_model(
 
     s = settings.get()
     if config.training_config:
-        run_settings = load_settings(config.training_config)
-        s = s.model_copy(
-            update={
-                "model": run_settings.model,
-                "training": run_settings.training,
-                "data": overlay_explicit(s.data, run_settings.data),  # e.g. data.dataset
-            }
-        )
+        s = with_training_config(s, config.training_config)
         context.log.info(
             f"training config {config.training_config}: model {s.model.registry_config}, "
             f"lr {s.training.learning_rate}, batch {s.training.batch_size}, epochs {s.training.epochs}"
         )
     store = artifacts.store()
-    sets, labels, data_hash = _training_sets(store, s.data)
+    sets, labels, data_hash = registered.training_sets(store, s.data)
     for note in sets.notes:
         context.log.warning(note)
     train_ids, val_ids = list(sets.train["video_id"]), list(sets.val["video_id"])
@@ -151,7 +96,7 @@ def trained_model(
 
     detector_config = resolve_model_config(s.model)
     # One folder per (data, architecture): an interrupted run resumes, another model starts afresh.
-    out_dir = Path(s.platform.model_dir) / "runs" / f"{data_hash}-{detector_config.config_hash()}"
+    out_dir = training_run_dir(s.platform.model_dir, data_hash, detector_config.config_hash())
     source = LRUFeatureSource(StoreFeatureSource(store, labels))
 
     def on_epoch(stats) -> None:
@@ -229,7 +174,7 @@ def calibration(
 
     s = settings.get()
     store = artifacts.store()
-    sets, labels, _ = _training_sets(store, s.data)  # the validation set training used
+    sets, labels, _ = registered.training_sets(store, s.data)  # the validation set training used
     val_ids = list(sets.val["video_id"])
     fit = calibrate_checkpoint(
         current_checkpoint_dir(s.platform.model_dir),
@@ -268,7 +213,7 @@ def evaluation(
 
     s = settings.get()
     store = artifacts.store()
-    test_ids, labels, data_hash = _split_ids(store, "test")
+    test_ids, labels, data_hash = registered.split_ids(store, "test")
     result = evaluate_checkpoint(
         current_checkpoint_dir(s.platform.model_dir),
         test_ids,
@@ -287,10 +232,10 @@ def evaluation(
         metrics={**metrics, "per_method_auc": result.per_method_auc, "weights": result.weights},
     )
     store.write_bytes(
-        f"evaluations/{data_hash}/predictions.parquet", result.predictions.to_parquet(index=False)
+        layout.evaluation_rel(data_hash, "predictions.parquet"), result.predictions.to_parquet(index=False)
     )
     if result.roc_png:
-        store.write_bytes(f"evaluations/{data_hash}/roc.png", result.roc_png)
+        store.write_bytes(layout.evaluation_rel(data_hash, "roc.png"), result.roc_png)
     targets = s.targets
     return dg.MaterializeResult(
         metadata={

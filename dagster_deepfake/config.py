@@ -630,3 +630,17 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
 def default_settings() -> Settings:
     """Settings for this process, read once."""
     return load_settings()
+
+
+def with_training_config(settings: Settings, path: str | os.PathLike[str]) -> Settings:
+    """`settings` for one training run: the file's `model` and `training` sections replace the
+    platform's, and its explicitly set `data` keys (dataset, val_dataset, augmentation …) apply
+    over the platform's `data` (config/train-synthetic.yaml is such a file)."""
+    run = load_settings(path)
+    return settings.model_copy(
+        update={
+            "model": run.model,
+            "training": run.training,
+            "data": overlay_explicit(settings.data, run.data),
+        }
+    )

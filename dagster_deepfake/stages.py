@@ -193,7 +193,13 @@ def audio_stage(path: str | os.PathLike[str], probe: VideoProbe, settings: Setti
     from dagster_deepfake.media.vad import detect_speech
 
     cfg = settings.data.audio
-    track = extract_audio(path, sample_rate=cfg.sample_rate, has_audio=True) if probe.has_audio else None
+    # Decoding stops a little past the longest video allowed, whatever the audio stream claims.
+    limit = settings.platform.max_duration_seconds + 60
+    track = (
+        extract_audio(path, sample_rate=cfg.sample_rate, has_audio=True, max_seconds=limit)
+        if probe.has_audio
+        else None
+    )
     if track is None:
         return AudioEvidence(None, SpeechActivity.empty(probe.duration), cfg.sample_rate)
     if settings.data.vad_enabled:

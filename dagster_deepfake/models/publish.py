@@ -16,6 +16,11 @@ from pathlib import Path
 PUBLISHED_DIR = "published"
 
 
+def training_run_dir(model_dir: str | os.PathLike[str], data_hash: str, config_hash: str) -> Path:
+    """One folder per (training data, architecture): an interrupted run resumes, another starts afresh."""
+    return Path(model_dir) / "runs" / f"{data_hash}-{config_hash}"
+
+
 def publish_checkpoint(source: str | os.PathLike[str], model_dir: str | os.PathLike[str]) -> Path:
     """Copy the checkpoint folder `source` under `published/` and point `current` at it atomically."""
     source, model_dir = Path(source), Path(model_dir)

@@ -10,6 +10,7 @@ Paths are relative to the artifact store's root (a local folder or any fsspec UR
     videos/<video_id>/saliency/frame_<id>_{face,frame}.png, explanation.json
     tables/<table>/v<schema version>/<video_id>.parquet    one file per partition per table
     datasets/<name>/manifest.parquet, datasets/training_manifest.parquet
+    evaluations/<data hash>/predictions.parquet, roc.png
 
 Only validated partition keys and fixed names become paths: nothing from an upload's name does.
 """
@@ -137,3 +138,13 @@ def dataset_manifest_rel(name: str) -> str:
     if not DATASET_NAME_RE.match(name):
         raise ValueError(f"not a dataset name: {name!r}")
     return f"{DATASETS_DIR}/{name}/manifest.parquet"
+
+
+# -- evaluations ----------------------------------------------------------------------------------
+
+
+def evaluation_rel(data_hash: str, name: str) -> str:
+    """An evaluation's files, by the test set's data hash (`predictions.parquet`, `roc.png`)."""
+    if not re.match(r"^[0-9a-f]{6,64}$", data_hash):
+        raise ValueError(f"not a data hash: {data_hash!r}")
+    return f"evaluations/{data_hash}/{name}"
