@@ -62,7 +62,7 @@ class Evidence:
             video_id=video_id,
             file_name=video.get("file_name"),
             probe=probe,
-            warnings=[*warnings, *list(prediction.get("warnings") or [])],
+            warnings=[*warnings, *_strings(prediction.get("warnings"))],
             faces=store.read_table("faces", video_id),
             speech_segments=list(zip(speech["start"], speech["end"], strict=True)),
             prediction=prediction,
@@ -72,3 +72,8 @@ class Evidence:
             optical_flow_enabled=settings.data.optical_flow_enabled,
             processing_time_sec=(dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0,
         )
+
+
+def _strings(value: Any) -> list[str]:
+    """A Parquet list column's value (None, a list or a numpy array) as a list of str."""
+    return [] if value is None else [str(v) for v in value]

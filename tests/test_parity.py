@@ -40,8 +40,12 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
 def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch):
     # fp32 on every CPU (this one may have native bf16): both paths then agree to 1e-5.
     monkeypatch.setattr("dagster_deepfake.models.inference.cpu_supports_bf16", lambda *a: False)
-    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
+    settings.model = ModelConfig(
+        registry_config="tiny"
+    )  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
+    # Two members asked for, one checkpoint there: the model's own warnings are two (ensemble + untrained).
+    settings.inference.ensemble_size = 2
     clip = generate_clip(tmp_path / "talk.mp4", seed=11, duration=3.0, width=320, height=240, audio="speech")
 
     in_process = analyze_file(clip.path, settings, device="cpu", out_dir=tmp_path / "heat").document
@@ -67,6 +71,9 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
     assert in_process["prediction"]["modality_agreement"] is not None
     assert len(in_process["prediction"]["anomalous_frames"]) == 5
     assert in_process["additions"]["probe"]["codec"] == "h264"
+    assert (
+        len([w for w in in_process["additions"]["warnings"] if "ensemble_size" in w or "untrained" in w]) == 2
+    )
     # The in-process heat maps are real files, the Dagster ones the API's route.
     for frame in in_process["prediction"]["anomalous_frames"]:
         assert Path(frame["saliency_url"].removeprefix("file://")).read_bytes()[:4] == b"\x89PNG"
