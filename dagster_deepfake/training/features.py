@@ -11,7 +11,6 @@ of 60 short clips fits whole, FaceForensics++ (~22 MB of crops per 30 s video) d
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -26,8 +25,6 @@ from dagster_deepfake.config import Settings
 
 if TYPE_CHECKING:
     from dagster_deepfake.storage.artifacts import ArtifactStore
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 
