@@ -11,6 +11,8 @@ command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need_
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 # Headless Chromium renders the job page in the end-to-end API test.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The Celery broker of the local fleet (`make cluster`, tests/test_celery_fleet.py).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
