@@ -372,12 +372,24 @@ class AudioDataConfig(_Section):
     vad_frame_ms: Literal[10, 20, 30] = 30
 
 
+class FaceTrackingConfig(_Section):
+    """How faces are linked into tracks when `max_faces` > 1 (dagster_deepfake/faces/tracks.py)."""
+
+    iou_threshold: float = Field(0.3, ge=0, le=1)
+    max_centre_distance: float = Field(1.0, ge=0)  # in face widths
+    min_similarity: float = Field(0.5, ge=-1, le=1)
+    reid_similarity: float = Field(0.85, ge=-1, le=1)
+    max_gap_seconds: float = Field(10.0, ge=0)
+    min_frames: int = Field(5, ge=1)  # one 1-second window at 5 FPS
+
+
 class FacesConfig(_Section):
     detector: str = "retinaface"
     confidence_threshold: float = 0.95
     landmarks: Literal[5] = 5
-    max_faces: int = 1
+    max_faces: int = Field(1, ge=1)  # > 1: every face is tracked and scored (faces as tracks)
     detect_max_side: int = 640
+    tracking: FaceTrackingConfig = Field(default_factory=FaceTrackingConfig)
     # The aligned crop's side is `data.resolution`; `DataConfig` hands it to this section.
     _aligned_size: int = PrivateAttr(default=224)
 
