@@ -65,6 +65,8 @@ AUDIO_ENCODER_ALIASES = {
     "wav2vec2-base": "facebook/wav2vec2-base",
     "wav2vec2-base-960h": "facebook/wav2vec2-base-960h",
     "wav2vec2-large": "facebook/wav2vec2-large",
+    # The contract FAQ's secondary encoder: wav2vec2-base's architecture, HuBERT pre-training.
+    "hubert-base": "facebook/hubert-base-ls960",
 }
 
 
