@@ -119,7 +119,11 @@ def frames_stage(path: str | os.PathLike[str], probe: VideoProbe, settings: Sett
 
 
 def faces_stage(frames: Iterable[SampledFrame], settings: Settings, video_ref: str) -> FaceExtraction:
-    """RetinaFace on every frame, alignment of single faces; raises NoFaceFoundError if none is kept."""
+    """RetinaFace on every frame, alignment of single faces; raises NoFaceFoundError if none is kept.
+
+    With `data.faces.max_faces` > 1 every face is aligned and linked into tracks
+    (`extraction.tracks`, faces/tracks.py); then at least one track must be long enough to score.
+    """
     from dagster_deepfake.faces import create_detector, extract_faces
 
     cfg = settings.data.faces
@@ -131,6 +135,15 @@ def faces_stage(frames: Iterable[SampledFrame], settings: Settings, video_ref: s
             f"(skipped: {_nonzero(extraction.skip_counts)})",
         )
         error.extraction = extraction  # the per-frame skip reasons, for whoever keeps a record
+        raise error
+    if extraction.tracks is not None and not extraction.tracks.scorable_ids:
+        # Faces as tracks (max_faces > 1): each track is scored alone, so one must fill a window.
+        error = NoFaceFoundError(
+            video_ref,
+            f"no face track long enough to score: {len(extraction.tracks.track_ids)} track(s), none with "
+            f"{cfg.tracking.min_frames} faces (data.faces.tracking.min_frames)",
+        )
+        error.extraction = extraction
         raise error
     return extraction
 

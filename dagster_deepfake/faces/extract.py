@@ -3,7 +3,8 @@
 Contract rule: a sampled frame is used only when it holds exactly one face with
 confidence >= `data.faces.confidence_threshold`; frames with none or more than one are
 skipped and counted by reason. (`data.faces.max_faces` generalises "one"; when it is
-above 1, the highest-scoring face of a frame is the one aligned.)
+above 1, the highest-scoring face of a frame is the one in the per-frame table, and every face
+of the frame is also aligned and linked into tracks: `FaceExtraction.tracks`, faces/tracks.py.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import pandas as pd
 from dagster_deepfake.config import FacesConfig
 from dagster_deepfake.faces.align import align_face
 from dagster_deepfake.faces.base import FaceDetection, FaceDetector
+from dagster_deepfake.faces.tracks import (
+    FaceObservation,
+    FaceTracks,
+    TrackerSettings,
+    appearance_descriptor,
+    build_tracks,
+)
 
 SkipReason = Literal["no_face", "multiple_faces"]
 SKIP_REASONS: tuple[SkipReason, ...] = ("no_face", "multiple_faces")
@@ -63,12 +71,14 @@ class FaceExtraction:
         crops: (K, S, S, 3) uint8 aligned RGB faces of the kept rows, in frame order.
         kept_frame_ids: (K,) int64 frame ids of `crops`.
         skip_counts: skipped frames per reason (every reason present, zeros included).
+        tracks: with `max_faces` > 1, every face of the kept frames linked into tracks; else None.
     """
 
     table: pd.DataFrame
     crops: np.ndarray
     kept_frame_ids: np.ndarray
     skip_counts: dict[str, int] = field(default_factory=dict)
+    tracks: FaceTracks | None = None
 
     @property
     def num_frames(self) -> int:
@@ -120,6 +130,9 @@ def extract_faces(
     rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     skip_counts: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+    tracking = cfg.max_faces > 1
+    observations: list[FaceObservation] = []
+    track_crops: list[np.ndarray] = []
 
     for batch in _batches(frames, batch_size):
         detections = detector.detect([image for _, _, image in batch])
@@ -137,6 +150,16 @@ def extract_faces(
                 reason = "multiple_faces"
             else:
                 crops.append(align_face(image, best.landmarks, size))
+                if tracking:
+                    for k, face in enumerate(faces):
+                        crop = crops[-1] if k == 0 else align_face(image, face.landmarks, size)
+                        track_crops.append(crop)
+                        observations.append(
+                            FaceObservation(
+                                frame_id, timestamp, face.bbox, face.landmarks, face.score,
+                                appearance_descriptor(crop),
+                            )
+                        )  # fmt: skip
             if reason is not None:
                 skip_counts[reason] += 1
             rows.append(
@@ -168,7 +191,22 @@ def extract_faces(
     )
     kept_ids = table.loc[table["kept"], "frame_id"].to_numpy(np.int64)
     crop_array = np.stack(crops) if crops else np.empty((0, size, size, 3), dtype=np.uint8)
-    return FaceExtraction(table=table, crops=crop_array, kept_frame_ids=kept_ids, skip_counts=skip_counts)
+    tracks = None
+    if tracking:
+        stacked = np.stack(track_crops) if track_crops else np.empty((0, size, size, 3), dtype=np.uint8)
+        tracks = build_tracks(
+            observations, stacked, TrackerSettings(**cfg.tracking.model_dump()), _frame_step(table)
+        )
+    return FaceExtraction(
+        table=table, crops=crop_array, kept_frame_ids=kept_ids, skip_counts=skip_counts, tracks=tracks
+    )
+
+
+def _frame_step(table: pd.DataFrame) -> float:
+    """Seconds between sampled frames (the median step; 0.2 s, i.e. 5 FPS, for fewer than 2 frames)."""
+    steps = np.diff(np.sort(table["timestamp"].to_numpy(np.float64)))
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else 0.2
 
 
 def face_strip(crops: np.ndarray, n: int = 8, tile: int = 112) -> np.ndarray:

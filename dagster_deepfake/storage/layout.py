@@ -75,6 +75,11 @@ def face_strip_rel(video_id: str) -> str:
 
 def flow_fields_rel(video_id: str) -> str:
     return video_rel(video_id, "flow", "fields.npy")
+def track_crops_rel(video_id: str) -> str:
+    """Faces as tracks: every tracked face's aligned crop, in `face_tracks` table order."""
+    return video_rel(video_id, "faces", "tracks.npy")
+
+
 
 
 # -- audio ----------------------------------------------------------------------------------------
@@ -121,6 +126,16 @@ def saliency_names(frame_id: int) -> tuple[str, str]:
 
 def explanation_rel(video_id: str) -> str:
     return video_rel(video_id, "saliency", "explanation.json")
+def track_heat_map_name(track_id: int, name: str) -> str:
+    """A heat map's name within one face track (two tracks may share a frame)."""
+    return f"track{int(track_id):03d}_{name}"
+
+
+def track_explanations_rel(video_id: str) -> str:
+    """Faces as tracks: each track's heat-map rows (`saliency/tracks.json`)."""
+    return video_rel(video_id, "saliency", "tracks.json")
+
+
 
 
 def saliency_route(video_id: str, name: str) -> str:

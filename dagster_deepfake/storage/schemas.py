@@ -162,6 +162,74 @@ PREDICTIONS = _register(
     ],
 )
 
+# Faces as tracks (data.faces.max_faces > 1): one row per tracked face, per track's flow and
+# windows, and one row per track (scored or too short); dagster_deepfake/faces/tracks.py.
+FACE_TRACKS = _register(
+    "face_tracks",
+    1,
+    [
+        ("video_id", _str),
+        ("track_id", _i32),
+        ("frame_id", _i32),
+        ("timestamp", _f64),
+        ("score", _f32),
+        ("bbox", pa.list_(_f32)),
+        ("landmarks", pa.list_(_f32)),
+    ],
+)
+
+TRACK_FLOW = _register(
+    "track_flow",
+    1,
+    [
+        ("video_id", _str),
+        ("track_id", _i32),
+        ("frame_id", _i32),
+        ("timestamp", _f64),
+        ("flow_mean", _f32),
+        ("flow_std", _f32),
+        ("has_predecessor", _bool),
+    ],
+)
+
+TRACK_WINDOWS = _register(
+    "track_windows",
+    1,
+    [
+        ("video_id", _str),
+        ("track_id", _i32),
+        ("window_id", _i32),
+        ("start", _f64),
+        ("end", _f64),
+        ("n_frames", _i32),
+        ("p_fake", _f64),
+        ("p_fake_video_only", _f64),
+    ],
+)
+
+TRACK_PREDICTIONS = _register(
+    "track_predictions",
+    1,
+    [
+        ("video_id", _str),
+        ("track_id", _i32),
+        ("n_frames", _i32),
+        ("first_frame", _i32),
+        ("last_frame", _i32),
+        ("first_timestamp", _f64),
+        ("last_timestamp", _f64),
+        ("scored", _bool),
+        ("reason", _str),
+        ("verdict", _str),
+        ("p_fake", _f64),
+        ("ci_low", _f64),
+        ("ci_high", _f64),
+        ("p_fake_video_only", _f64),
+        ("primary", _bool),
+        ("thumbnail", _str),
+    ],
+)
+
 REPORTS = _register(
     "reports",
     1,

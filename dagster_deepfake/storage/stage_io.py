@@ -25,6 +25,7 @@ from dagster_deepfake.storage.artifacts import ArtifactStore
 
 if TYPE_CHECKING:
     from dagster_deepfake.faces.extract import FaceExtraction
+    from dagster_deepfake.faces.tracks import FaceTracks
     from dagster_deepfake.flow import FlowFeatures
     from dagster_deepfake.scoring import ScoredVideo
     from dagster_deepfake.stages import (
@@ -141,12 +142,34 @@ def persist_faces(store: ArtifactStore, video_id: str, extraction: FaceExtractio
     table = extraction.table.copy()
     table.insert(0, "video_id", video_id)
     store.remove_table("faces", video_id)
+    store.remove_table("face_tracks", video_id)
     store.write_array(layout.crops_rel(video_id), extraction.crops)
     strip = face_strip_png(extraction.crops) if len(extraction.crops) else b""
     if strip:
         store.write_bytes(layout.face_strip_rel(video_id), strip)
+    if extraction.tracks is not None:  # faces as tracks (data.faces.max_faces > 1)
+        tracks = extraction.tracks.table.copy()
+        tracks.insert(0, "video_id", video_id)
+        store.write_array(layout.track_crops_rel(video_id), extraction.tracks.crops)
+        store.write_table("face_tracks", video_id, tracks)
     store.write_table("faces", video_id, table)
     return strip
+
+
+def load_face_tracks(store: ArtifactStore, video_id: str, min_frames: int) -> FaceTracks:
+    """The tracked faces the faces stage stored (faces as tracks), crops in table order."""
+    from dagster_deepfake.faces.tracks import TRACK_COLUMNS, FaceTracks
+
+    if not store.has_table("face_tracks", video_id):
+        raise RuntimeError(f"{video_id}: no face tracks; re-materialize aligned_faces with max_faces > 1")
+    table = store.read_table("face_tracks", video_id)[list(TRACK_COLUMNS)]
+    table = table.sort_values(["track_id", "frame_id"]).reset_index(drop=True)
+    crops = store.read_array(layout.track_crops_rel(video_id))
+    if len(crops) != len(table):
+        raise RuntimeError(
+            f"{video_id}: {len(crops)} track crops but {len(table)} rows; re-materialize aligned_faces"
+        )
+    return FaceTracks(table, crops, min_frames)
 
 
 @dataclass
@@ -192,6 +215,30 @@ def persist_flow(
     if flow.fields is not None:
         store.write_array(layout.flow_fields_rel(video_id), flow.fields)
     return table
+
+
+def persist_track_flow(
+    store: ArtifactStore, video_id: str, flows: dict[int, tuple[FlowFeatures, np.ndarray]]
+) -> pd.DataFrame:
+    """Each scored track's flow summary (track_id → (flow, timestamps)) as one `track_flow` table."""
+    parts = []
+    for track_id in sorted(flows):
+        flow, timestamps = flows[track_id]
+        part = flow.to_frame(timestamps)
+        part.insert(0, "track_id", np.int32(track_id))
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    table.insert(0, "video_id", video_id)
+    store.write_table("track_flow", video_id, table)
+    return table
+
+
+def load_track_flow(store: ArtifactStore, video_id: str) -> dict[int, np.ndarray]:
+    """track_id → (K, 2) float32 flow features in the track's frame order."""
+    table = store.read_table("track_flow", video_id).sort_values(["track_id", "frame_id"])
+    return {
+        int(t): rows[["flow_mean", "flow_std"]].to_numpy(np.float32) for t, rows in table.groupby("track_id")
+    }
 
 
 def load_flow_features(store: ArtifactStore, video_id: str) -> np.ndarray:
@@ -272,9 +319,13 @@ def window_table(video_id: str, scored: ScoredVideo) -> pd.DataFrame:
 
 
 def load_window_scores(store: ArtifactStore, video_id: str) -> WindowScores:
+    return _window_scores(store.read_table("windows", video_id))
+
+
+def _window_scores(table: pd.DataFrame) -> WindowScores:
     from dagster_deepfake.stages import WindowScores
 
-    windows = store.read_table("windows", video_id).sort_values("window_id")
+    windows = table.sort_values("window_id")
     bounds = np.cumsum([0, *windows["n_frames"].tolist()])
     return WindowScores(
         windows["p_fake"].to_numpy(np.float64),
@@ -282,6 +333,25 @@ def load_window_scores(store: ArtifactStore, video_id: str) -> WindowScores:
         [(float(a), float(b)) for a, b in zip(windows["start"], windows["end"], strict=True)],
         [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
     )
+
+
+def persist_track_predictions(
+    store: ArtifactStore, video_id: str, predictions: pd.DataFrame, windows: pd.DataFrame
+) -> None:
+    """Faces as tracks: every track's row and each scored track's windows (before `predictions`)."""
+    store.write_table("track_windows", video_id, windows)
+    store.write_table("track_predictions", video_id, predictions)
+
+
+def load_track_window_scores(store: ArtifactStore, video_id: str) -> dict[int, WindowScores]:
+    table = store.read_table("track_windows", video_id)
+    return {int(t): _window_scores(rows) for t, rows in table.groupby("track_id")}
+
+
+def load_primary_track(store: ArtifactStore, video_id: str) -> int:
+    """The track the video's verdict came from (the most suspicious)."""
+    table = store.read_table("track_predictions", video_id)
+    return int(table.loc[table["primary"], "track_id"].iloc[0])
 
 
 def prediction_table(video_id: str, scored: ScoredVideo, warnings: list[str]) -> pd.DataFrame:
@@ -328,6 +398,24 @@ def persist_explanation(store: ArtifactStore, video_id: str, explanation: Explan
 
 def load_explanation(store: ArtifactStore, video_id: str) -> dict:
     return json.loads(store.read_bytes(layout.explanation_rel(video_id)))
+
+
+def persist_track_explanations(store: ArtifactStore, video_id: str, rows: dict[int, list[dict]]) -> None:
+    """Faces as tracks: each track's heat-map rows (after `persist_explanation`, which clears the folder)."""
+    payload = {str(t): r for t, r in sorted(rows.items())}
+    store.write_bytes(layout.track_explanations_rel(video_id), json.dumps(payload).encode())
+
+
+def load_face_entries(store: ArtifactStore, video_id: str) -> list[dict]:
+    """The document's `additions.faces` entries from what the track stages stored."""
+    from dagster_deepfake.track_scores import face_entries
+
+    heat = json.loads(store.read_bytes(layout.track_explanations_rel(video_id)))
+    return face_entries(
+        store.read_table("track_predictions", video_id),
+        store.read_table("track_windows", video_id),
+        {int(t): rows for t, rows in heat.items()},
+    )
 
 
 def saliency_url(store: ArtifactStore, video_id: str, name: str) -> str:
