@@ -474,6 +474,9 @@ class CalibrationConfig(_Section):
 class ExplainConfig(_Section):
     method: Literal["grad_cam"] = "grad_cam"
     top_k_frames: int = 5
+    # The project's own: heat-map frames are distinct moments, at least this far apart
+    # (explain.gradcam.top_frames; docs/CONFIG.md "Heat maps: distinct moments").
+    min_gap_seconds: float = Field(1.0, ge=0)
 
 
 class InferenceConfig(_Section):

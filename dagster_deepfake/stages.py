@@ -354,6 +354,8 @@ def saliency_stage(
         windows.frames,
         audio_features=embeddings.features if embeddings.used else None,
         audio_valid=embeddings.valid if embeddings.used else None,
+        timestamps=timestamps,
+        min_gap_seconds=settings.explain.min_gap_seconds,
         k=settings.explain.top_k_frames,
         device=device,
     )

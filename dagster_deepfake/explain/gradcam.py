@@ -54,16 +54,32 @@ class SaliencyMap:
 
 
 def top_frames(
-    window_probs: np.ndarray, window_frames: list[tuple[int, int]], k: int
+    window_probs: np.ndarray,
+    window_frames: list[tuple[int, int]],
+    k: int,
+    timestamps: np.ndarray,
+    min_gap_seconds: float = 1.0,
 ) -> list[tuple[int, int]]:
-    """(window_id, face index) of the k most suspicious frames: windows by P(fake), then their frames in order."""
+    """(window_id, face index) of up to k distinct moments: one frame from each of the most
+    suspicious windows, every pick at least `min_gap_seconds` from the others (docs/CONFIG.md
+    "Heat maps: distinct moments").
+
+    A window's P(fake) is one number for all its frames, so the frame taken is the one nearest
+    the window's middle among those far enough from earlier picks; a window with none is passed
+    over. Fewer than k windows (a short clip) give fewer than k frames, never one moment twice.
+    """
+    times = np.asarray(timestamps, dtype=np.float64)
     picked: list[tuple[int, int]] = []
     for w in np.argsort(-np.asarray(window_probs), kind="stable"):
+        if len(picked) == k:
+            break
         start, end = window_frames[int(w)]
-        for i in range(start, end):
-            picked.append((int(w), i))
-            if len(picked) == k:
-                return picked
+        middle = (start + end - 1) / 2
+        for i in sorted(range(start, end), key=lambda i: (abs(i - middle), i)):
+            # 1 µs of slack: frames exactly one gap apart (0.4 s and 1.4 s) are far enough.
+            if all(abs(times[i] - times[j]) >= min_gap_seconds - 1e-6 for _, j in picked):
+                picked.append((int(w), i))
+                break
     return picked
 
 
@@ -77,10 +93,12 @@ def compute_saliency(
     *,
     audio_features: np.ndarray | None = None,
     audio_valid: np.ndarray | None = None,
+    timestamps: np.ndarray,
+    min_gap_seconds: float = 1.0,
     k: int = 5,
     device: str = "cpu",
 ) -> list[SaliencyMap]:
-    """Grad-CAM for the top-k frames by P(fake); one backward pass per window involved."""
+    """Grad-CAM for up to k distinct moments (`top_frames`); one backward pass per window involved."""
     model = model.to(device).eval()
     audio = (
         torch.as_tensor(audio_features, dtype=torch.float32, device=device)[None]
@@ -92,7 +110,7 @@ def compute_saliency(
         if audio_valid is not None
         else None
     )
-    chosen = top_frames(window_probs, window_frames, k)
+    chosen = top_frames(window_probs, window_frames, k, timestamps, min_gap_seconds)
     maps: list[SaliencyMap] = []
     layer = target_layer(model)
     for w in dict.fromkeys(w for w, _ in chosen):
