@@ -75,16 +75,25 @@ extract_features_job = dg.define_asset_job(
 )
 
 
-def build_definitions(config_path: str | None = None) -> dg.Definitions:
+def build_definitions(
+    config_path: str | None = None, executor_def: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
+    """`executor_def`: run the same three jobs' steps on it instead (code_location/celery.py)."""
     settings = load_settings(config_path)
+    jobs = [analyze_video_job, extract_features_job, train_job]
+    if executor_def is not None:
+        from dagster._record import copy
+
+        jobs = [copy(job, executor_def=executor_def) for job in jobs]
+    analyze, features, _ = jobs
     return dg.Definitions(
         assets=[*PER_VIDEO_ASSETS, *TRAINING_ASSETS],
         asset_checks=ASSET_CHECKS,
-        jobs=[analyze_video_job, extract_features_job, train_job],
+        jobs=jobs,
         sensors=[
-            build_upload_sensor(analyze_video_job, settings.platform.sensor_interval_seconds),
-            build_dataset_backfill_sensor(extract_features_job),
-            build_reanalysis_sensor(analyze_video_job),
+            build_upload_sensor(analyze, settings.platform.sensor_interval_seconds),
+            build_dataset_backfill_sensor(features),
+            build_reanalysis_sensor(analyze),
             job_failure_recorder,
             job_success_recorder,
         ],
