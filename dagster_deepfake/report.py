@@ -8,6 +8,7 @@ contract can ignore it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from collections.abc import Callable
 from typing import Literal
@@ -107,6 +108,7 @@ class Additions(_Strict):
     timings_sec: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     failure_reason: str | None = None
+    software_version: str | None = Field(None, description="the dagster-deepfake that built the document")
 
 
 class ResultDocument(_Strict):
@@ -198,8 +200,17 @@ def build_document(
             ],
             timings_sec=dict(evidence.timings),
             warnings=list(dict.fromkeys([*evidence.warnings, *_switch_warnings(evidence)])),
+            software_version=_software_version(),
         ),
     )
+
+
+def _software_version() -> str | None:
+    """The installed package's version: part of a verdict's chain of custody (docs/API.md "Case report")."""
+    try:
+        return f"dagster-deepfake {importlib.metadata.version('dagster-deepfake')}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _switch_warnings(evidence: Evidence) -> list[str]:
