@@ -73,13 +73,13 @@ def face_strip_rel(video_id: str) -> str:
     return video_rel(video_id, "faces", "strip.png")
 
 
-def flow_fields_rel(video_id: str) -> str:
-    return video_rel(video_id, "flow", "fields.npy")
 def track_crops_rel(video_id: str) -> str:
     """Faces as tracks: every tracked face's aligned crop, in `face_tracks` table order."""
     return video_rel(video_id, "faces", "tracks.npy")
 
 
+def flow_fields_rel(video_id: str) -> str:
+    return video_rel(video_id, "flow", "fields.npy")
 
 
 # -- audio ----------------------------------------------------------------------------------------
@@ -124,8 +124,6 @@ def saliency_names(frame_id: int) -> tuple[str, str]:
     return f"frame_{frame_id:06d}_face.png", f"frame_{frame_id:06d}_frame.png"
 
 
-def explanation_rel(video_id: str) -> str:
-    return video_rel(video_id, "saliency", "explanation.json")
 def track_heat_map_name(track_id: int, name: str) -> str:
     """A heat map's name within one face track (two tracks may share a frame)."""
     return f"track{int(track_id):03d}_{name}"
@@ -136,6 +134,8 @@ def track_explanations_rel(video_id: str) -> str:
     return video_rel(video_id, "saliency", "tracks.json")
 
 
+def explanation_rel(video_id: str) -> str:
+    return video_rel(video_id, "saliency", "explanation.json")
 
 
 def saliency_route(video_id: str, name: str) -> str:
