@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--all", action="store_true", help="describe every registered config")
     d.set_defaults(func=_cmd_model_describe)
 
+    from commands.weights import add_parser as add_weights_parser
+
+    add_weights_parser(sub)
+
     p = sub.add_parser(
         "register-dataset",
         help="add every video of a labelled dataset as a partition; the backfill sensor then runs them",

@@ -1,16 +1,57 @@
-"""Audio branch: raw 16 kHz waveform → wav2vec2 hidden states → 512-d speech frames."""
+"""Audio branch: raw 16 kHz waveform → wav2vec2 (or HuBERT) hidden states → 512-d speech frames.
+
+HuBERT-base (`model.audio.encoder: hubert-base`, the contract FAQ's secondary encoder) has
+wav2vec2-base's architecture (same CNN feature encoder, 12 × 768 transformer, group-norm
+conv) with other pre-training, so it is built from the same sizes and takes the same freeze
+policy; only the transformers class differs (`HubertModel`).
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Wav2Vec2Model
+from transformers import HubertConfig, HubertModel, Wav2Vec2Model
 
 from .configuration import AudioModelConfig
 
+SpeechEncoder = Wav2Vec2Model | HubertModel
+EncoderFamily = Literal["wav2vec2", "hubert"]
 
-def apply_freeze_policy(wav2vec2: Wav2Vec2Model, config: AudioModelConfig) -> None:
+
+def encoder_family(config: AudioModelConfig) -> EncoderFamily:
+    """`hubert` for `model.audio.encoder` names holding "hubert" (hubert-base, tiny-hubert,
+    facebook/hubert-base-ls960) or a local folder whose config.json says `model_type: hubert`;
+    else `wav2vec2`."""
+    folder = Path(config.encoder).expanduser()
+    if (folder / "config.json").is_file():
+        try:
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        if model_type in ("wav2vec2", "hubert"):
+            return model_type
+    return "hubert" if "hubert" in config.encoder.lower() else "wav2vec2"
+
+
+def encoder_class(config: AudioModelConfig) -> type[Wav2Vec2Model] | type[HubertModel]:
+    return HubertModel if encoder_family(config) == "hubert" else Wav2Vec2Model
+
+
+def build_speech_encoder(config: AudioModelConfig) -> SpeechEncoder:
+    """A randomly initialised wav2vec2 / HuBERT of the configured sizes."""
+    w2v = config.to_wav2vec2_config()
+    if encoder_family(config) == "wav2vec2":
+        return Wav2Vec2Model(w2v)
+    keys = set(HubertConfig().to_dict())
+    return HubertModel(HubertConfig(**{k: v for k, v in w2v.to_dict().items() if k in keys}))
+
+
+def apply_freeze_policy(wav2vec2: SpeechEncoder, config: AudioModelConfig) -> None:
     """Set `requires_grad` on a wav2vec2 model according to the contract's freeze policy.
 
     Frozen: the CNN feature encoder (if `freeze_feature_encoder`) and transformer layers
@@ -29,7 +70,7 @@ def apply_freeze_policy(wav2vec2: Wav2Vec2Model, config: AudioModelConfig) -> No
     for param in wav2vec2.parameters():
         param.requires_grad_(True)
     if config.freeze_feature_encoder:
-        wav2vec2.freeze_feature_encoder()
+        wav2vec2.feature_extractor._freeze_parameters()  # what freeze_feature_encoder() does (HuBERT lacks it)
     if config.freeze_encoder_blocks > 0:
         frozen: list[nn.Module | nn.Parameter] = [
             wav2vec2.feature_projection,
@@ -71,7 +112,7 @@ def speech_mask_to_frames(speech_mask: torch.Tensor, num_frames: int, frame_stri
 
 
 class AudioEncoder(nn.Module):
-    """wav2vec2 + linear projection, with the contract's freeze policy.
+    """wav2vec2 (or HuBERT, attribute still `wav2vec2`) + linear projection, with the contract's freeze policy.
 
     forward(waveform (B, S) float at 16 kHz, speech_mask (B, S) | (B, T') | None)
         -> features (B, T, projection_dim), valid (B, T) bool
@@ -80,10 +121,10 @@ class AudioEncoder(nn.Module):
     frames that are not speech (per the VAD mask) so fusion never attends to silence.
     """
 
-    def __init__(self, config: AudioModelConfig, wav2vec2: Wav2Vec2Model | None = None) -> None:
+    def __init__(self, config: AudioModelConfig, wav2vec2: SpeechEncoder | None = None) -> None:
         super().__init__()
         self.config = config
-        self.wav2vec2 = wav2vec2 if wav2vec2 is not None else Wav2Vec2Model(config.to_wav2vec2_config())
+        self.wav2vec2 = wav2vec2 if wav2vec2 is not None else build_speech_encoder(config)
         if self.wav2vec2.config.hidden_size != config.hidden_size:
             raise ValueError(
                 f"wav2vec2 hidden size {self.wav2vec2.config.hidden_size} != "

@@ -155,18 +155,25 @@ def load_checkpoint(
 
 
 def build_untrained(
-    config_name: str | DetectorConfig, *, seed: int = 0, pretrained: bool = False
+    config_name: str | DetectorConfig,
+    *,
+    seed: int = 0,
+    pretrained: bool = False,
+    weights_dir: str | Path | None = None,
 ) -> tuple[DeepfakeDetector, CheckpointManifest]:
     """A random-init model and its honest manifest (`trained: false`).
 
-    With `pretrained=True` published backbone weights are used where locally available; the
-    manifest's flags say which. Useful before any training has run (demo, pipeline tests).
+    With `pretrained=True` published backbone weights are used where locally available
+    (`weights_dir`: what `weights import` stored); the manifest's flags say which, with the
+    imported weights' provenance. Useful before any training has run (demo, pipeline tests).
     """
     config = resolve_model_config(config_name)
-    model, flags = build_detector(config, pretrained=pretrained, seed=seed)
+    model, flags = build_detector(config, pretrained=pretrained, seed=seed, weights_dir=weights_dir)
     model.eval()
     manifest = CheckpointManifest.for_model(
-        model, model_version=f"{config.name}-untrained-{config.config_hash()}", pretrained=flags
+        model,
+        model_version=f"{config.name}-untrained-{config.config_hash()}{flags.version_tag}",
+        pretrained=flags,
     )
     return model, manifest
 

@@ -2,7 +2,7 @@
 
 Order: an explicit checkpoint folder → `<model_dir>/current` (where training publishes) →
 `<model_dir>/untrained-<variant>-<config_hash>` (built once from `settings.model` resolved by
-`resolve_model_config`, with a fixed seed, and saved, so every process and every run uses the
+`resolve_model_config`, with a fixed seed and the weights `weights import` brought, and saved, so every process and every run uses the
 very same random weights and says so: `trained: false`). The fallback is keyed by the config
 hash, so `model.fusion.attention_heads: 8` in the YAML really serves 8 heads.
 
@@ -28,6 +28,7 @@ from dagster_deepfake.models.checkpoint import (
 )
 from dagster_deepfake.models.configuration import ModelConfig, resolve_model_config
 from dagster_deepfake.models.detector import DeepfakeDetector
+from dagster_deepfake.models.weights_store import imported_weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: Mod
                     fallback,
                 )
                 # Never downloads here: a run must not wait on the hub. The flags say what loaded.
-                model, manifest = build_untrained(config, seed=0, pretrained=True)
+                model, manifest = build_untrained(
+                    config, seed=0, pretrained=True, weights_dir=imported_weights_dir(model_dir)
+                )
                 save_checkpoint(fallback, model, manifest)
     return fallback
 

@@ -62,7 +62,7 @@ from dagster_deepfake.models.inference import autocast_context
 from dagster_deepfake.models.weights import PretrainedFlags, build_detector
 from dagster_deepfake.training.augment import WindowAugment
 from dagster_deepfake.training.calibrate import score_videos
-from dagster_deepfake.training.data import ClipCollator, ClipDataset
+from dagster_deepfake.training.data import ClipBatch, ClipCollator, ClipDataset
 from dagster_deepfake.training.features import FeatureSource
 from dagster_deepfake.training.losses import detector_loss
 
@@ -203,6 +203,43 @@ def _is_better(stats: EpochStats, best: EpochStats | None) -> bool:
     return key(stats) > key(best)
 
 
+@dataclass
+class StepResult:
+    loss: float
+    audio_used: int  # clips of the batch whose prediction used audio
+
+
+def train_step(
+    model: DeepfakeDetector,
+    batch: ClipBatch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainable: list[torch.nn.Parameter],
+    *,
+    lambda_tc: float,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> StepResult:
+    """One optimizer step: the batch to `device`, forward under autocast (bf16 on CPU, AMP on
+    CUDA), `detector_loss` in fp32, backward, clip at `GRAD_CLIP_NORM`, step optimizer and schedule."""
+    batch = batch.to(device)
+    with autocast_context(device, bf16):
+        output = model(batch.faces, batch.flow, batch.frame_mask, batch.waveform, batch.speech_mask)
+    parts = detector_loss(
+        output.video_logits.float(),
+        output.window_logits.float(),
+        output.window_mask,
+        batch.labels,
+        lambda_tc=lambda_tc,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP_NORM)
+    optimizer.step()
+    scheduler.step()
+    return StepResult(loss=float(parts.total.detach()), audio_used=int(output.audio_used.sum()))
+
+
 def train_detector(
     model_config: DetectorConfig | str,
     train_ids: Sequence[str],
@@ -226,6 +263,7 @@ def train_detector(
     eval_batch_size: int = 4,
     image_size: int | None = None,
     data_cfg: DataConfig | None = None,
+    weights_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train a detector on `train_ids`, validating on `val_ids` after every epoch.
 
@@ -249,6 +287,8 @@ def train_detector(
         data_cfg: `settings.data` (augmentation switches, resolution, frame rate; default: the
             contract's).
         frame_rate: sampled FPS of the cached features (default `data.frame_rate`).
+        weights_dir: `<model_dir>/pretrained`, where `dagster-deepfake weights import` stored
+            checked published weights (used before the HF cache; provenance in the manifest).
     """
     started_at = time.perf_counter()
     device = torch.device(device)
@@ -261,7 +301,9 @@ def train_detector(
 
     # The branches whose `model.*.pretrained` is true load published weights: a local folder or
     # file, the Hugging Face cache, else a bounded download (skipped when HF_HUB_OFFLINE is set).
-    model, flags = build_detector(config, pretrained=pretrained, allow_download=True, seed=seed)
+    model, flags = build_detector(
+        config, pretrained=pretrained, allow_download=True, seed=seed, weights_dir=weights_dir
+    )
     model.fusion.modality_dropout = training_cfg.modality_dropout_prob
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -337,24 +379,12 @@ def train_detector(
         for batch in loader:
             if step >= plan.total_steps:
                 break
-            batch = batch.to(device)
-            with autocast_context(device, bf16):
-                output = model(batch.faces, batch.flow, batch.frame_mask, batch.waveform, batch.speech_mask)
-            parts = detector_loss(
-                output.video_logits.float(),
-                output.window_logits.float(),
-                output.window_mask,
-                batch.labels,
-                lambda_tc=lambda_tc,
+            result = train_step(
+                model, batch, optimizer, scheduler, trainable, lambda_tc=lambda_tc, device=device, bf16=bf16
             )
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP_NORM)
-            optimizer.step()
-            scheduler.step()
             step += 1
-            losses.append(float(parts.total.detach()))
-            audio_used += int(output.audio_used.sum())
+            losses.append(result.loss)
+            audio_used += result.audio_used
             seen += len(batch)
 
         scored = score_videos(model, val_set, device=device, batch_size=eval_batch_size, bf16=bf16)
@@ -424,7 +454,10 @@ def _manifest(
         metrics["val_loss"] = stats.val_loss
     return CheckpointManifest.for_model(
         model,
-        model_version=f"{config.name}-{config.config_hash()}-trained-{(data_hash or 'nodata')[:8]}-s{stats.step}",
+        model_version=(
+            f"{config.name}-{config.config_hash()}{flags.version_tag}-trained-{(data_hash or 'nodata')[:8]}"
+            f"-s{stats.step}"
+        ),
         pretrained=flags,
         trained=True,
         training_data_hash=data_hash,
