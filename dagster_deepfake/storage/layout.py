@@ -10,7 +10,9 @@ Paths are relative to the artifact store's root (a local folder or any fsspec UR
     videos/<video_id>/saliency/frame_<id>_{face,frame}.png, explanation.json
     tables/<table>/v<schema version>/<video_id>.parquet    one file per partition per table
     datasets/<name>/manifest.parquet, datasets/training_manifest.parquet
-    evaluations/<data hash>/predictions.parquet, roc.png
+    evaluations/<data hash>/<model version>/metrics.parquet, per_method.parquet, predictions.parquet,
+        frame_predictions.parquet, roc.png, reliability.png     one model on one test set
+    evaluations/reports/<model version>.md                       the markdown report of a model
 
 Only validated partition keys and fixed names become paths: nothing from an upload's name does.
 """
@@ -158,8 +160,34 @@ def dataset_manifest_rel(name: str) -> str:
 # -- evaluations ----------------------------------------------------------------------------------
 
 
-def evaluation_rel(data_hash: str, name: str) -> str:
-    """An evaluation's files, by the test set's data hash (`predictions.parquet`, `roc.png`)."""
+_MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,159}$")
+EVALUATION_FILES = (
+    "metrics.parquet",
+    "per_method.parquet",
+    "predictions.parquet",
+    "frame_predictions.parquet",
+    "roc.png",
+    "reliability.png",
+)
+
+
+def _model_version(model_version: str) -> str:
+    if not _MODEL_VERSION.match(model_version):
+        raise ValueError(f"not a model version: {model_version!r}")
+    return model_version
+
+
+def evaluation_rel(data_hash: str, name: str, model_version: str | None = None) -> str:
+    """One evaluation's files, by the test set's data hash and the model (`EVALUATION_FILES`)."""
     if not re.match(r"^[0-9a-f]{6,64}$", data_hash):
         raise ValueError(f"not a data hash: {data_hash!r}")
-    return f"evaluations/{data_hash}/{name}"
+    if model_version is None:
+        return f"evaluations/{data_hash}/{name}"
+    if name not in EVALUATION_FILES:
+        raise ValueError(f"not an evaluation file: {name!r}")
+    return f"evaluations/{data_hash}/{_model_version(model_version)}/{name}"
+
+
+def evaluation_report_rel(model_version: str) -> str:
+    """The markdown report of every test set one model was last evaluated on."""
+    return f"evaluations/reports/{_model_version(model_version)}.md"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,9 @@ class ScoredVideos:
     labels: np.ndarray  # (n,) int64
     methods: list[str]
     audio_used: np.ndarray  # (n,) bool
+    # Per video, (kept faces, 2) uncalibrated logits: each face carries the logits of the 1-s
+    # window it belongs to, the model's finest score (the frame-level unit of the evaluation).
+    face_logits: list[np.ndarray] = field(default_factory=list)
 
     @property
     def p_fake_raw(self) -> np.ndarray:
@@ -75,7 +78,8 @@ def score_videos(
     )
     was_training = model.training
     model.eval()
-    logits, labels, used, ids, methods = [], [], [], [], []
+    logits, labels, used, ids, methods, faces = [], [], [], [], [], []
+    window = model.config.temporal.window_frames
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -83,6 +87,10 @@ def score_videos(
                 with autocast_context(device, bf16):
                     output = forward_batch(model, batch, FACE_CHUNK)
                 logits.append(output.video_logits.float().cpu())
+                window_logits = output.window_logits.float().cpu()
+                for b, mask in enumerate(batch.frame_mask.cpu()):
+                    kept = torch.nonzero(mask).flatten()
+                    faces.append(window_logits[b, kept // window].numpy())
                 used.append(output.audio_used.cpu())
                 labels.append(batch.labels.cpu())
                 ids += batch.video_ids
@@ -97,6 +105,7 @@ def score_videos(
         labels=torch.cat(labels).numpy(),
         methods=methods,
         audio_used=torch.cat(used).numpy(),
+        face_logits=faces,
     )
 
 

@@ -66,3 +66,29 @@ def training_sets(store: ArtifactStore, data: DataConfig) -> tuple[TrainingSets,
     both = pd.concat([sets.train, sets.val])
     labels = {r.video_id: (int(r.label_int), str(r.method)) for r in both.itertuples()}
     return sets, labels, manifest_hash(both)
+
+
+def evaluation_sets(
+    rows: pd.DataFrame, names: list[str] | None = None, split: str = "test"
+) -> tuple[dict[str, list[str]], Labels, dict[str, str]]:
+    """Each registered dataset's `split` as its own test set (a cross-dataset evaluation).
+
+    `rows` are usable training-manifest rows (`usable_rows`, or `training_rows` filtered on
+    `features_cached`); `names` picks datasets by name (default: every one with such a split).
+    Returns the ids per dataset, every listed video's (label, method) and each set's data hash.
+    """
+    chosen = rows[rows["split"] == split]
+    if names:
+        unknown = sorted(set(names) - set(rows["dataset_name"]))
+        if unknown:
+            known = ", ".join(sorted(set(rows["dataset_name"]))) or "none"
+            raise ValueError(
+                f"no registered dataset with cached features named {unknown} (registered: {known})"
+            )
+        chosen = chosen[chosen["dataset_name"].isin(names)]
+    sets, hashes = {}, {}
+    for name, group in chosen.groupby("dataset_name", sort=True):
+        sets[str(name)] = list(group["video_id"])
+        hashes[str(name)] = manifest_hash(group)
+    labels = {r.video_id: (int(r.label_int), str(r.method)) for r in chosen.itertuples()}
+    return sets, labels, hashes
