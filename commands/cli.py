@@ -330,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
+    from commands import report as report_command
+
+    p = sub.add_parser("report", help="a job's case report (.html or .pdf): verdict, evidence, chain of custody")
+    report_command.add_arguments(p)
+    p.set_defaults(func=report_command.run)
+
     p = sub.add_parser("db-url", help="start the embedded PostgreSQL if needed and print the results DB URL")
     p.add_argument("--show-password", action="store_true")
     p.set_defaults(func=_cmd_db_url)

@@ -60,7 +60,7 @@ def test_upload_to_completed_job_and_page(server, settings, tmp_path):
         {k: job[k] for k in ("job_id", "status", "prediction", "metadata", "additions")}
     )
     frames = doc.prediction.anomalous_frames
-    assert len(frames) == 5
+    assert len(frames) == min(5, len(doc.additions.windows))  # one per window (distinct moments)
     png = httpx.get(f"{server}{frames[0].saliency_url}", timeout=10)
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,7 +85,7 @@ def test_upload_to_completed_job_and_page(server, settings, tmp_path):
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     verdict = doc.prediction.overall_class
     assert verdict.upper() in dom.upper() and f"{doc.prediction.manipulation_confidence:.1%}"[:3] in dom
-    assert dom.count("<img") >= 5 and "untrained" in dom.lower()
+    assert dom.count("<img") >= len(frames) and "untrained" in dom.lower()
     shot = tmp_path / "view.png"
     subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000

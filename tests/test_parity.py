@@ -69,7 +69,9 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
     # What the comparison rests on is there: speech was heard, windows and heat maps exist.
     assert in_process["additions"]["modalities_used"] == ["video", "audio"]
     assert in_process["prediction"]["modality_agreement"] is not None
-    assert len(in_process["prediction"]["anomalous_frames"]) == 5
+    # One heat map per window (distinct moments, docs/CONFIG.md): 3 windows in a 3 s clip.
+    windows = in_process["additions"]["windows"]
+    assert len(in_process["prediction"]["anomalous_frames"]) == min(5, len(windows))
     assert in_process["additions"]["probe"]["codec"] == "h264"
     assert (
         len([w for w in in_process["additions"]["warnings"] if "ensemble_size" in w or "untrained" in w]) == 2

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from dagster_deepfake.api import jobs, page, uploads
+from dagster_deepfake.api import jobs, page, report, uploads
 from dagster_deepfake.api.context import ApiContext, Context, _s3_options
 from dagster_deepfake.config import Settings
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -87,6 +87,7 @@ def _add_routes(app: FastAPI) -> None:
     uploads.add_routes(app)
     jobs.add_routes(app)
     page.add_routes(app)
+    report.add_routes(app)
 
 
 # -- serving ----------------------------------------------------------------------------------------

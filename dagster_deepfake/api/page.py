@@ -85,16 +85,17 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
  <polyline points="{{ timeline.points }}" fill="none" stroke="#2563eb" stroke-width="1.5"/>
  {% for w in timeline.windows %}<line x1="{{ w.x1 }}" x2="{{ w.x2 }}" y1="{{ w.y }}" y2="{{ w.y }}" stroke="#1d4ed8" stroke-width="3">
    <title>window {{ w.id }}: {{ w.label }}</title></line>{% endfor %}
- {% for f in timeline.frames %}<circle cx="{{ f.x }}" cy="{{ f.y }}" r="4" fill="#b91c1c"><title>{{ f.label }}</title></circle>{% endfor %}
+ {% for f in timeline.frames %}<circle cx="{{ f.x }}" cy="{{ f.y }}" r="4" fill="#b91c1c"><title>{{ f.label }}</title></circle>
+ <text x="{{ f.x }}" y="{{ f.y - 7 }}" text-anchor="middle" style="fill:#b91c1c;font-weight:600">{{ f.n }}</text>{% endfor %}
 </svg>
 <div class="muted">blue: P(fake) of each window · dashed: threshold {{ timeline.threshold }} ·
  shaded: {{ timeline.anomalies | length }} audio anomal{{ "y" if timeline.anomalies | length == 1 else "ies" }} ·
- red dots: heat-map frames · seconds on the x axis</div>
+ red dots: heat-map frames, numbered as below · seconds on the x axis</div>
 {% else %}<span class="muted">no per-window scores in this result</span>{% endif %}</div>
 
 <h2>Most suspicious frames (Grad-CAM)</h2>
 {% if maps %}<div class="maps">{% for m in maps %}<figure><img src="{{ m.src }}" alt="heat map of frame {{ m.frame_id }}">
-<figcaption>frame {{ m.frame_id }} · {{ fmt(m.timestamp, 2) }} s · P(fake) {{ fmt(m.confidence) }}</figcaption></figure>{% endfor %}</div>
+<figcaption><strong>{{ m.n }}</strong> · frame {{ m.frame_id }} · {{ fmt(m.timestamp, 2) }} s · P(fake) {{ fmt(m.confidence) }}</figcaption></figure>{% endfor %}</div>
 {% else %}<p class="muted">no heat maps in this result</p>{% endif %}
 
 <h2>Model and run</h2>
@@ -185,11 +186,12 @@ def _timeline(doc: ResultDocument, threshold: float, frames: list[AnomalousFrame
         ],
         "frames": [
             {
+                "n": n,
                 "x": x(f.timestamp),
                 "y": y(f.confidence),
                 "label": f"frame {f.frame_id} at {f.timestamp:.2f} s, P(fake) {f.confidence:.3f}",
             }
-            for f in frames
+            for n, f in enumerate(frames, 1)
         ],
     }
 
@@ -225,6 +227,12 @@ def _banners(doc: ResultDocument | None) -> list[str]:
         banners.append(
             "UNTRAINED MODEL: this verdict comes from untrained weights and says nothing about the video."
         )
+    if adds.weights == "trained" and "synthetic" in (adds.trained_on or "").lower():
+        # Weights trained only on generated clips, said as loudly as untrained ones (docs/API.md).
+        banners.append(
+            f"TRAINED ON SYNTHETIC DATA ({adds.trained_on}): the model has never seen a real manipulated "
+            "face; this verdict shows the pipeline working, not a forensic finding."
+        )
     random_init = sorted(k for k, v in adds.pretrained.items() if not v)
     if random_init:
         banners.append(
@@ -252,8 +260,8 @@ def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | No
     top_k = ctx.settings.explain.top_k_frames
     frames = sorted(pred.anomalous_frames, key=lambda f: f.confidence, reverse=True)[:top_k] if pred else []
     maps = [
-        {"src": src, "frame_id": f.frame_id, "timestamp": f.timestamp, "confidence": f.confidence}
-        for f in frames
+        {"n": n, "src": src, "frame_id": f.frame_id, "timestamp": f.timestamp, "confidence": f.confidence}
+        for n, f in enumerate(frames, 1)
         if (src := _heat_map_src(ctx, job_id, f.saliency_url))
     ]
     submitted = row.get("submitted_at")

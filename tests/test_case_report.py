@@ -1,0 +1,228 @@
+"""The case report (docs/API.md "Case report"): a real job through the API, the upload sensor and every
+per-video asset, then its report rendered in headless Chromium, printed to PDF and written by the CLI;
+a failed job's report; Chromium missing or hanging."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import dagster as dg
+import httpx
+import numpy as np
+import pytest
+
+from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
+from commands.cli import main
+from dagster_deepfake.casereport.pdf import CHROMIUM_ENV, PdfRenderError, chromium_args, html_to_pdf
+from dagster_deepfake.config import ModelConfig, Settings
+from dagster_deepfake.storage.postgres import ResultsDB
+from dagster_deepfake.synthetic import generate_clip
+from resources import default_resources
+from sensors.uploads import build_upload_sensor
+from tests.conftest import serving_api
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (make setup installs it)"
+)
+_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+
+
+@pytest.fixture
+def tiny(settings: Settings, tmp_path: Path) -> Settings:
+    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone
+    settings.platform.model_dir = str(tmp_path / "models")
+    return settings
+
+
+def _upload_and_run(base: str, settings: Settings, clip: Path, name: str) -> str:
+    """What a user and the daemon do: upload, one sensor tick, the requested run. Returns the job id."""
+    with open(clip, "rb") as fh:
+        response = httpx.post(f"{base}/analyze-video", files={"file": (name, fh, "video/mp4")}, timeout=60)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    resources = default_resources(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        tick = build_upload_sensor(analyze_video_job, 15)(ctx)
+    assert [r.partition_key for r in tick.run_requests] == [job_id]
+    instance.add_dynamic_partitions("videos", [job_id])
+    dg.materialize(
+        [*PER_VIDEO_ASSETS, *ASSET_CHECKS],
+        partition_key=job_id,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    return job_id
+
+
+def _chromium_dom(url: str, tmp_path: Path) -> str:
+    args = [*chromium_args(CHROMIUM, str(tmp_path / "chromium-profile")), "--dump-dom", url]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+
+
+def _cell(dom: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert match, element_id
+    return html_lib.unescape(match.group(1)).strip()
+
+
+def _canonical_sha(document: dict) -> str:
+    """Written out here, not imported: the report's promise is checked against its documentation."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@needs_chromium
+def test_case_report_of_a_completed_job(tiny: Settings, db: ResultsDB, tmp_path: Path, monkeypatch) -> None:
+    clip = generate_clip(tmp_path / "talk.mp4", seed=44, duration=4.0, width=320, height=240, audio="speech")
+    data = Path(clip.path).read_bytes()
+    with serving_api(tiny) as base:
+        job_id = _upload_and_run(base, tiny, Path(clip.path), "interview 1.mp4")
+        job = db.get_job(job_id)
+        assert job["status"] == "completed", job.get("reason")
+        document = job["result"]
+        frames = document["prediction"]["anomalous_frames"]
+        assert 2 <= len(frames) <= 5
+
+        served = httpx.get(f"{base}/jobs/{job_id}/report", timeout=60)
+        assert served.status_code == 200 and served.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in served.headers["content-security-policy"]
+        dom = _chromium_dom(f"{base}/jobs/{job_id}/report", tmp_path)
+        pdf = httpx.get(f"{base}/jobs/{job_id}/report.pdf", timeout=120)
+
+    # Rendered by a real browser: the verdict, and the untrained model said before the first page break.
+    verdict = document["prediction"]["overall_class"].upper()
+    assert f'class="verdict {verdict.lower()}">{verdict}<' in dom
+    first_page = dom.split('class="page"', 1)[0]
+    assert "UNTRAINED MODEL" in first_page and "Chain of custody" in first_page
+
+    # Heat maps: a face and a whole-frame map per moment, inlined, each a PNG that decodes.
+    images = re.findall(r'<img [^>]*src="data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)"', dom)
+    assert len(images) == 2 * len(frames) and dom.count('class="moment heat-map"') == len(frames)
+    for b64 in images:
+        decoded = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
+        assert decoded is not None and decoded.shape[0] >= 64
+    for f in frames:  # each moment with its time and its window's P(fake); the timeline numbers it
+        assert f"frame {f['frame_id']} at <strong>{f['timestamp']:.2f} s</strong>" in dom
+        assert f"window P(fake) <strong>{f['confidence']:.3f}</strong>" in dom
+    assert len({f["timestamp"] for f in frames}) == len(frames)  # distinct moments
+
+    # Custody: every field present and each checkable against the thing itself.
+    assert _cell(dom, "input-sha256") == hashlib.sha256(data).hexdigest()
+    assert _cell(dom, "input-size").startswith(f"{len(data):,} bytes")
+    assert "interview 1.mp4" in dom and "<td>api</td>" in dom  # original name, uploader
+    model_version = document["metadata"]["model_version"]
+    assert model_version in dom
+    weights = next(Path(tiny.platform.model_dir).glob("untrained-*/model.safetensors"))
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() in dom
+    manifest = json.loads((weights.parent / "manifest.json").read_text())
+    assert manifest["config_hash"] in dom and "untrained (random initialisation)" in dom
+    assert document["additions"]["software_version"].startswith("dagster-deepfake ")
+    assert document["additions"]["software_version"] in dom
+    for label in ("uploaded", "analysis", "config hash", "weights provenance", "software version"):
+        assert f'<td class="k">{label}</td>' in dom
+    assert _STAMP.search(dom.split("uploaded", 1)[1])  # the upload time, not a dash
+
+    # The document's own SHA-256 matches the stored document and the copy embedded in the report.
+    stated = _cell(dom, "document-sha256")
+    assert stated == _canonical_sha(document)
+    embedded = re.search(r'<script type="application/json" id="result-document">(.*?)</script>', dom, re.S)
+    assert embedded and _canonical_sha(json.loads(embedded.group(1))) == stated
+
+    # A real PDF.
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-") and pdf.content.rstrip().endswith(b"%%EOF")
+    assert len(pdf.content) > 20_000  # it carries the inlined heat maps
+
+    # The CLI writes the same report (apart from when it was made), the PDF and the document.
+    monkeypatch.setenv("DAGSTER_DEEPFAKE_POSTGRES_URL", tiny.platform.postgres_url)
+    monkeypatch.setenv("DAGSTER_DEEPFAKE_ARTIFACT_ROOT", tiny.platform.artifact_root)
+    monkeypatch.setenv("DAGSTER_DEEPFAKE_MODEL_DIR", tiny.platform.model_dir)
+    out_html, out_pdf, out_doc = tmp_path / "case.html", tmp_path / "case.pdf", tmp_path / "doc.json"
+    assert main(["report", job_id, "--out", str(out_html), "--document", str(out_doc)]) == 0
+    assert _STAMP.sub("T", out_html.read_text()) == _STAMP.sub("T", served.text)
+    assert hashlib.sha256(out_doc.read_bytes()).hexdigest() == stated
+    assert main(["report", job_id, "--out", str(out_pdf)]) == 0
+    assert out_pdf.read_bytes().startswith(b"%PDF-")
+
+    # For a person to look at once (docs: the note describes the first page).
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            *chromium_args(CHROMIUM, str(tmp_path / "p2")),
+            "--window-size=900,1270",
+            f"--screenshot={shot}",
+            out_html.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000
+    (tmp_path.parent / "last-case-report.png").write_bytes(shot.read_bytes())
+
+
+@needs_chromium
+def test_case_report_of_a_failed_job_states_the_reason(tiny: Settings, db: ResultsDB, tmp_path: Path) -> None:
+    clip = generate_clip(tmp_path / "empty.mp4", seed=2, duration=2.0, width=320, height=240, num_faces=0)
+    with serving_api(tiny) as base:
+        job_id = _upload_and_run(base, tiny, Path(clip.path), "empty.mp4")
+        job = db.get_job(job_id)
+        assert job["status"] == "failed" and "no face" in job["reason"]
+        dom = _chromium_dom(f"{base}/jobs/{job_id}/report", tmp_path)
+        pdf = httpx.get(f"{base}/jobs/{job_id}/report.pdf", timeout=120)
+    assert "ANALYSIS FAILED" in dom and html_lib.escape(job["reason"], quote=False) in dom
+    assert _cell(dom, "input-sha256") == hashlib.sha256(Path(clip.path).read_bytes()).hexdigest()
+    assert (
+        "no result document" in _cell(dom, "document-sha256")
+        and "result-document" not in dom.split("</table>")[-1]
+    )
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
+
+
+def test_unknown_and_unfinished_jobs(tiny: Settings, db: ResultsDB, monkeypatch) -> None:
+    job_id = "v_00000000000000ee"
+    db.create_job(job_id, job_id, "file:///bucket/x.mp4")  # queued
+    with serving_api(tiny) as base:
+        assert httpx.get(f"{base}/jobs/v_00000000000000ef/report", timeout=10).status_code == 404
+        queued = httpx.get(f"{base}/jobs/{job_id}/report", timeout=10)
+        assert queued.status_code == 409 and "queued" in queued.json()["detail"]
+        db.set_job_status(job_id, "failed", reason="not a video: a PNG image")
+        # No Chromium: the HTML still comes, the PDF is a clear 503.
+        monkeypatch.setenv(CHROMIUM_ENV, "/nonexistent/chromium")
+        assert httpx.get(f"{base}/jobs/{job_id}/report", timeout=10).status_code == 200
+        missing = httpx.get(f"{base}/jobs/{job_id}/report.pdf", timeout=10)
+    assert missing.status_code == 503 and "Chromium" in missing.json()["detail"]
+    assert "\n" not in missing.json()["detail"]
+
+
+def test_a_hanging_browser_is_stopped_by_the_timeout(tmp_path: Path) -> None:
+    fake, pid_file = tmp_path / "chromium", tmp_path / "child.pid"
+    # A "browser" that never prints and leaves a helper process behind: the whole group must go.
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nexec sleep 300\n")
+    fake.chmod(0o755)
+    with pytest.raises(PdfRenderError, match="within 1 s"):
+        html_to_pdf("<p>x</p>", timeout=1, chromium=str(fake))
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
