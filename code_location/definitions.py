@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import explain, ingest, model, perception, training
+from assets.batch import build_batch_job
 from assets.partitions import videos_partitions
 from dagster_deepfake.config import load_settings
 from resources import default_resources
@@ -86,13 +87,15 @@ def build_definitions(
 
         jobs = [copy(job, executor_def=executor_def) for job in jobs]
     analyze, features, _ = jobs
-    return dg.Definitions(
+    built: list[dg.Definitions] = []  # the batch job runs the per-video jobs of these Definitions
+    batch_job = build_batch_job(lambda name: built[0].resolve_job_def(name))
+    defs = dg.Definitions(
         assets=[*PER_VIDEO_ASSETS, *TRAINING_ASSETS],
         asset_checks=ASSET_CHECKS,
-        jobs=jobs,
+        jobs=[*jobs, batch_job],
         sensors=[
-            build_upload_sensor(analyze, settings.platform.sensor_interval_seconds),
-            build_dataset_backfill_sensor(features),
+            build_upload_sensor(analyze, settings.platform.sensor_interval_seconds, batch_job=batch_job),
+            build_dataset_backfill_sensor(features, batch_job=batch_job),
             build_reanalysis_sensor(analyze),
             job_failure_recorder,
             job_success_recorder,
@@ -101,6 +104,8 @@ def build_definitions(
         # so no secret from the environment is copied into resource config the UI displays.
         resources=default_resources(None, config_path),
     )
+    built.append(defs)
+    return defs
 
 
 defs = build_definitions()

@@ -2,8 +2,8 @@
 
 `dagster-deepfake register-dataset` records the videos (library: `dagster_deepfake.datasets`)
 and calls `add_video_partitions`; `dataset_backfill_sensor` then requests one run per queued
-dataset video, a bounded batch per tick, in registration order. Each video is its own run, so
-one bad file fails only its partition and the rest go on.
+dataset video, a bounded batch per tick, in registration order, as batch runs (assets/batch.py)
+where each video is still its own run, so one bad file fails only its partition and the rest go on.
 """
 
 import datetime as dt
@@ -11,6 +11,7 @@ import json
 
 import dagster as dg
 
+from assets.batch import batch_run_request, chunks
 from assets.partitions import VIDEOS_PARTITION
 from resources import PostgresResource, SettingsResource
 
@@ -26,10 +27,15 @@ def add_video_partitions(instance: dg.DagsterInstance, keys: list[str], batch_si
     return len(new)
 
 
-def build_dataset_backfill_sensor(job, batch_size: int = 50) -> dg.SensorDefinition:
+def build_dataset_backfill_sensor(
+    job, batch_size: int = 50, batch_job: dg.JobDefinition | None = None
+) -> dg.SensorDefinition:
+    """With `batch_job`, each tick's videos go as `analyze_batch` runs of `platform.batch_max_videos`
+    (assets/batch.py): one start-up and model load per batch, each video still its own partition."""
+
     @dg.sensor(
         name="dataset_backfill_sensor",
-        job=job,
+        jobs=[job] if batch_job is None else [job, batch_job],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests analysis runs for registered dataset videos, a batch per tick.",
@@ -50,10 +56,26 @@ def build_dataset_backfill_sensor(job, batch_size: int = 50) -> dg.SensorDefinit
             taken.append(row)
         if not taken:
             return dg.SkipReason("queued dataset videos are waiting for their partitions")
-        requests = [
-            dg.RunRequest(partition_key=r["job_id"], run_key=r["job_id"], tags={DATASET_TAG: r["dataset"]})
-            for r in taken
-        ]
+        per_batch = settings.get().platform.batch_max_videos
+        if batch_job is None or per_batch <= 1 or len(taken) <= 1:
+            requests = [
+                dg.RunRequest(
+                    job_name=job.name,
+                    partition_key=r["job_id"],
+                    run_key=r["job_id"],
+                    tags={DATASET_TAG: r["dataset"]},
+                )
+                for r in taken
+            ]
+        else:  # a batch holds one dataset's videos, so the dataset tag (and its run limit) still holds
+            by_dataset: dict[str, list[str]] = {}
+            for r in taken:
+                by_dataset.setdefault(r["dataset"], []).append(r["job_id"])
+            requests = [
+                batch_run_request(ids, job.name, tags={DATASET_TAG: name})
+                for name, keys in by_dataset.items()
+                for ids in chunks(keys, per_batch)
+            ]
         last = taken[-1]
         return dg.SensorResult(
             run_requests=requests,

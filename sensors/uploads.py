@@ -1,4 +1,4 @@
-"""The upload-bucket sensor: new objects → video partitions → one run each.
+"""The upload-bucket sensor: new objects → video partitions → runs (a batch per tick, assets/batch.py).
 
 Shaped like Dagster's dynamic-partition examples: one `SensorResult` carrying the run
 requests, the `build_add_request` for new keys and the cursor. The scan and cursor logic
@@ -15,6 +15,7 @@ import time
 
 import dagster as dg
 
+from assets.batch import batch_run_request, chunks
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG, VIDEOS_PARTITION, videos_partitions
 from dagster_deepfake.errors import DeepfakeError
 from dagster_deepfake.ingest import (
@@ -36,19 +37,32 @@ TICK_BUDGET_SECONDS = 40.0
 TICK_DEADLINE_SECONDS = 50.0
 
 
-def run_request_for(reg: Registration) -> dg.RunRequest:
+def run_request_for(reg: Registration, job_name: str | None = None) -> dg.RunRequest:
     """The analysis run of one newly registered video (one run per partition)."""
     return dg.RunRequest(
+        job_name=job_name,
         partition_key=reg.video_id,
         run_key=reg.video_id,
         tags={SOURCE_URI_TAG: reg.source_uri[:4000], FILE_NAME_TAG: reg.file_name[:255]},
     )
 
 
-def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
+def requests_for(
+    regs: list[Registration], batch_job: dg.JobDefinition | None, batch_max_videos: int, job_name: str
+) -> list[dg.RunRequest]:
+    """One run per video, or, with a batch job and several videos in the tick, one `analyze_batch`
+    run per `batch_max_videos` of them (assets/batch.py). A lone upload keeps a run of its own."""
+    if batch_job is None or batch_max_videos <= 1 or len(regs) <= 1:
+        return [run_request_for(reg, job_name) for reg in regs]
+    return [batch_run_request(ids, job_name) for ids in chunks([r.video_id for r in regs], batch_max_videos)]
+
+
+def build_upload_sensor(
+    job, interval_seconds: int, batch_job: dg.JobDefinition | None = None
+) -> dg.SensorDefinition:
     @dg.sensor(
         name="upload_bucket_sensor",
-        job=job,
+        jobs=[job] if batch_job is None else [job, batch_job],
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers each new video in the upload bucket as a partition and requests its analysis run.",
@@ -91,7 +105,7 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
         db = postgres.db()
         known = set(context.instance.get_dynamic_partitions(VIDEOS_PARTITION))
         new_keys: list[str] = []
-        requests: list[dg.RunRequest] = []
+        registered: list[Registration] = []
         handled = 0
         for obj in scan.objects:
             if handled and time.monotonic() - started > TICK_BUDGET_SECONDS:
@@ -121,7 +135,8 @@ def build_upload_sensor(job, interval_seconds: int) -> dg.SensorDefinition:
                 )
                 continue
             new_keys.append(reg.video_id)
-            requests.append(run_request_for(reg))
+            registered.append(reg)
+        requests = requests_for(registered, batch_job, platform.batch_max_videos, job.name)
         if handled < len(scan.objects):
             scan = scan_with(handled)
         context.log.info(

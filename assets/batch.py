@@ -1,0 +1,163 @@
+"""`analyze_batch`: several videos in one run, each still its own partition and its own run.
+
+Why (docs/ARCHITECTURE.md §3, "Batched runs"): a run per video pays a process start, the imports
+of torch and the model libraries and a model load every time; on two cores that was most of a
+short clip's run. A batch run starts once and, for each of its videos, executes the per-video
+job (`analyze_video`, or `extract_features` for a dataset backfill) in this process with
+`JobDefinition.execute_in_process`, so imports, the loaded model (`models.checkpoint.model_store`
+caches it per process) and the ONNX face detector session are shared by the whole batch.
+
+Each video is still a run of the per-video job in the instance, tagged with its partition: the
+UI shows every partition materialized or failed on its own, the assets write the job rows and
+tables exactly as in a run of their own, and a bad video fails only its own partition and its
+own job row, with its reason, while the batch goes on. Dagster's own multi-partition runs
+(partition-range runs, `BackfillPolicy`) were not used: a range step materializes every
+partition of the range when it returns and cannot mark one of them failed
+(dagster-io/dagster#17836), so a bad video would either fail the whole batch or show as
+materialized.
+
+Infrastructure failures (a database or the store down) fail the batch run after the other
+videos, so the instance's `run_retries` re-run it; a retry skips the videos already completed.
+"""
+
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import dagster as dg
+
+from assets.common import RETRY_ON_ASSET_FAILURE_TAG
+from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG
+from resources import PostgresResource
+
+BATCH_JOB = "analyze_batch"
+BATCH_OP = "analyze_videos"
+# On each per-video run a batch executes: which batch run it belongs to (the job-status sensors
+# leave these runs to the batch, which records their outcome itself).
+BATCH_RUN_TAG = "dagster-deepfake/batch_run"
+PER_VIDEO_JOBS = ("analyze_video", "extract_features")
+# Dagster's run tags for retries: a per-video run inside a batch is never retried on its own.
+MAX_RETRIES_TAG = "dagster/max_retries"
+RETRY_NUMBER_TAG = "dagster/retry_number"
+
+
+class BatchConfig(dg.Config):
+    """What one batch run does: the per-video job and its videos (partition keys)."""
+
+    video_ids: list[str]
+    job_name: str = "analyze_video"
+
+
+def batch_run_request(
+    video_ids: Sequence[str], job_name: str, tags: dict[str, str] | None = None
+) -> dg.RunRequest:
+    """One `analyze_batch` run for `video_ids`; its run key is the batch's content, so a tick
+    evaluated twice never starts the same batch twice."""
+    digest = hashlib.sha256(f"{job_name}:{','.join(video_ids)}".encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        job_name=BATCH_JOB,
+        run_key=f"batch:{digest}",
+        run_config={"ops": {BATCH_OP: {"config": {"video_ids": list(video_ids), "job_name": job_name}}}},
+        tags={**(tags or {}), "dagster-deepfake/videos": str(len(video_ids))},
+    )
+
+
+def batch_video_ids(run: dg.DagsterRun) -> list[str]:
+    """The videos a batch run was asked for (empty for any other run)."""
+    if run.job_name != BATCH_JOB:
+        return []
+    config = (run.run_config or {}).get("ops", {}).get(BATCH_OP, {}).get("config", {})
+    return list(config.get("video_ids", []))
+
+
+def chunks(keys: Sequence[str], size: int) -> list[list[str]]:
+    """`keys` in order, `size` at a time (the last batch may be shorter)."""
+    return [list(keys[i : i + size]) for i in range(0, len(keys), max(1, size))]
+
+
+def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    from sensors.job_status import step_error
+
+    reasons = [
+        f"{event.step_key}: {error.message.strip()}"
+        for event in result.all_events
+        if event.is_step_failure and (error := step_error(event)) is not None
+    ]
+    return "; ".join(reasons) or "run failed"
+
+
+def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobDefinition:
+    """The batch job; `per_video_job(name)` returns the resolved per-video job (with resources)."""
+
+    @dg.op(
+        name=BATCH_OP,
+        description="Runs the per-video job for each video of the batch in this process.",
+    )
+    def analyze_videos(context: dg.OpExecutionContext, config: BatchConfig, postgres: PostgresResource) -> None:
+        from sensors.job_status import record_success
+
+        if config.job_name not in PER_VIDEO_JOBS:
+            raise dg.Failure(f"unknown per-video job {config.job_name!r}; one of {', '.join(PER_VIDEO_JOBS)}")
+        job = per_video_job(config.job_name)
+        db = postgres.db()
+        done, failed, infra = [], {}, {}
+        for video_id in dict.fromkeys(config.video_ids):  # a key twice in one batch runs once
+            row = db.get_job(video_id)
+            if row and row["status"] == "completed":
+                context.log.info(f"{video_id}: already completed (an earlier attempt of this batch); skipped")
+                done.append(video_id)
+                continue
+            video = db.get_video(video_id) or {}
+            tags = {
+                BATCH_RUN_TAG: context.run_id,
+                MAX_RETRIES_TAG: "0",  # the batch run is the unit of retry
+                SOURCE_URI_TAG: str(video.get("source_uri", ""))[:4000],
+                FILE_NAME_TAG: str(video.get("file_name", ""))[:255],
+                **{k: v for k, v in context.run.tags.items() if k.startswith("dagster-deepfake/dataset")},
+            }
+            result = job.execute_in_process(
+                partition_key=video_id, instance=context.instance, tags=tags, raise_on_error=False
+            )
+            if result.success:
+                record_success(db, video_id, config.job_name, result.run_id)
+                done.append(video_id)
+                continue
+            reason = _failure_reason(result)[:2000]
+            run = context.instance.get_run_by_id(result.run_id)
+            if run is not None and run.tags.get(RETRY_ON_ASSET_FAILURE_TAG) == "false":
+                # The video's own fault (the asset recorded the job row and its reason): final.
+                failed[video_id] = reason
+                job_row = db.get_job(video_id)
+                if not job_row or job_row["status"] != "failed":
+                    db.set_job_status(video_id, "failed", reason=reason, run_id=result.run_id)
+            else:
+                infra[video_id] = reason
+            context.log.warning(f"{video_id}: run {result.run_id} failed: {reason}")
+        context.log.info(
+            f"batch of {len(config.video_ids)}: {len(done)} completed, {len(failed)} failed on their input, "
+            f"{len(infra)} failed on the infrastructure"
+        )
+        if infra:
+            retries_left = int(context.run.tags.get(MAX_RETRIES_TAG, "0")) > int(
+                context.run.tags.get(RETRY_NUMBER_TAG, "0")
+            )
+            if not retries_left:
+                for video_id, reason in infra.items():
+                    db.set_job_status(video_id, "failed", reason=reason, run_id=context.run_id)
+            raise dg.Failure(
+                description=f"{len(infra)} of {len(config.video_ids)} videos failed on the infrastructure: "
+                + "; ".join(f"{k}: {v}" for k, v in infra.items())[:2000],
+                metadata={"videos": dg.MetadataValue.json(sorted(infra))},
+            )
+
+    @dg.job(
+        name=BATCH_JOB,
+        description="Several videos in one run: the per-video job for each, in this process "
+        "(one start-up and one model load per batch; each video its own partition and run).",
+        tags={MAX_RETRIES_TAG: "1"},
+        executor_def=dg.in_process_executor,
+    )
+    def analyze_batch() -> None:
+        analyze_videos()
+
+    return analyze_batch
