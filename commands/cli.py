@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train)
 
+    from commands.evaluate import add_parsers as add_evaluate_parsers
+
+    add_evaluate_parsers(sub)  # `evaluate` and `ablate`
+
     p = sub.add_parser("bench", help="per-stage timings, peak memory and the decode floor on synthetic clips")
     p.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
     p.add_argument("--durations", default="10,30,60", help="clip lengths in seconds")
