@@ -22,8 +22,13 @@ import pytest
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
 from commands.cli import main
+from dagster_deepfake.casereport import render_case
 from dagster_deepfake.casereport.pdf import CHROMIUM_ENV, PdfRenderError, chromium_args, html_to_pdf
 from dagster_deepfake.config import ModelConfig, Settings
+from dagster_deepfake.media.images import encode_jpeg, encode_png
+from dagster_deepfake.report import Additions
+from dagster_deepfake.storage import layout
+from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.postgres import ResultsDB
 from dagster_deepfake.synthetic import generate_clip
 from resources import default_resources
@@ -226,3 +231,103 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.skipif("faces" not in Additions.model_fields, reason="faces as tracks not in the document yet")
+def test_faces_as_tracks_are_a_table_with_their_heat_maps(tiny: Settings, db: ResultsDB) -> None:
+    """`additions.faces` (another part of issue 18 fills it) renders as one row per face; what the
+    document says is escaped (a file name or reason is data, never markup)."""
+    job_id = "v_00000000000000fa"
+    store = ArtifactStore(tiny.platform.artifact_root)
+    face_png = encode_png(np.full((32, 32, 3), 200, np.uint8))
+    store.write_bytes(layout.saliency_rel(job_id, "track001_frame_000004_face.png"), face_png)
+    thumb = (
+        "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(np.zeros((16, 16, 3), np.uint8))).decode()
+    )
+    frame = {
+        "frame_id": 4,
+        "timestamp": 0.8,
+        "confidence": 0.91,
+        "saliency_url": f"/jobs/{job_id}/saliency/track001_frame_000004_face.png",
+    }
+    track = {
+        "primary": True,
+        "scored": True,
+        "frames": 25,
+        "first_frame": 0,
+        "last_frame": 24,
+        "first_timestamp": 0.0,
+        "last_timestamp": 4.8,
+        "p_fake": 0.91,
+        "confidence_interval": [0.88, 0.93],
+        "overall_class": "fake",
+        "bbox": [10.0, 10.0, 60.0, 60.0],
+        "thumbnail": thumb,
+        "windows": [{"window_id": 0, "start": 0.0, "end": 1.0, "p_fake": 0.91}],
+        "anomalous_frames": [frame],
+    }
+    short = {
+        **track,
+        "track_id": 2,
+        "primary": False,
+        "scored": False,
+        "reason": "<b>3 frames</b> < 5",
+        "frames": 3,
+        "p_fake": None,
+        "confidence_interval": None,
+        "overall_class": None,
+        "thumbnail": "javascript:alert(1)",
+        "windows": [],
+        "anomalous_frames": [],
+    }
+    document = {
+        "job_id": job_id,
+        "status": "completed",
+        "prediction": {
+            "overall_class": "fake",
+            "overall_confidence": 0.91,
+            "manipulation_confidence": 0.91,
+            "modality_agreement": None,
+            "confidence_interval": [0.88, 0.93],
+            "anomalous_frames": [frame],
+        },
+        "metadata": {
+            "processing_time_sec": 2.0,
+            "video_duration_sec": 5.0,
+            "frames_analyzed": 25,
+            "model_version": "tiny-trained-x",
+            "ensemble_size": 1,
+        },
+        "additions": {
+            "video_id": job_id,
+            "file_name": "<script>x</script>.mp4",
+            "modalities_used": ["video"],
+            "pretrained": {"audio_encoder": True, "video_backbone": True},
+            "weights": "trained",
+            "trained_on": "synthetic-demo (data 0123)",
+            "interval_method": "window_bootstrap",
+            "windows": track["windows"],
+            "faces": [{**track, "track_id": 1}, short],
+        },
+    }
+    db.upsert_video(
+        video_id=job_id,
+        sha256="ab" * 32,
+        source_uri="file:///b/x.mp4",
+        file_name="<script>x</script>.mp4",
+        uploader="api",
+        size_bytes=1234,
+    )
+    db.create_job(job_id, job_id, "file:///b/x.mp4")
+    db.set_job_status(job_id, "completed", result=document)
+    page = render_case(tiny, db, store, job_id)
+    assert (
+        'class="grid faces"' in page and page.count('<tr><td><img class="thumb"') == 1
+    )  # the bad URI dropped
+    assert "(decides the verdict)" in page and "not scored: &lt;b&gt;3 frames&lt;/b&gt; &lt; 5" in page
+    assert page.count('class="thumb track-map"') == 1 and base64.b64encode(face_png).decode() in page
+    markup = page.split("<script type=\"application/json\"", 1)[0]  # the embedded document is data
+    assert "<script>x" not in markup and "javascript:" not in markup and "<script" not in markup
+    first_page = page.split('class="page"', 1)[0]
+    assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 0123))" in first_page  # said on page one
+    assert "tiny-trained-x: <strong>not found</strong>" in page  # a checkpoint it cannot find is said so

@@ -157,7 +157,7 @@ def render_html(case: CaseFile, settings: Settings, store: ArtifactStore) -> str
         adds=adds,
         banners=banners,
         moments=moments,
-        faces=_faces(case.document),
+        faces=_faces(case.document, store, case.job_id),
         timeline=_timeline(doc, settings.model.classification.threshold, frames) if doc else None,
         # "<" escaped so the JSON can never close its <script> block; it parses back the same.
         document_json=canonical_json(case.document).decode().replace("<", "\\u003c")
@@ -215,17 +215,29 @@ def _inline(store: ArtifactStore, job_id: str, name: str | None) -> str | None:
     return "data:image/png;base64," + b64encode(data).decode()
 
 
-def _faces(document: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """`additions.faces` (faces as tracks), read from the stored document as it is; [] without it."""
+# What the faces table reads of each `additions.faces` entry (report.FaceTrack); absent keys read "–".
+_FACE_KEYS = dict.fromkeys(
+    ("track_id", "primary", "frames", "first_timestamp", "last_timestamp", "p_fake", "confidence_interval")
+    + ("overall_class", "reason")
+)
+
+
+def _faces(document: dict[str, Any] | None, store: ArtifactStore, job_id: str) -> list[dict[str, Any]]:
+    """`additions.faces` (faces as tracks) read from the stored document, each track's heat maps
+    inlined; [] under the one-face rule."""
     faces = ((document or {}).get("additions") or {}).get("faces") or []
     rows = []
     for face in faces if isinstance(faces, list) else []:
         if not isinstance(face, dict):
             continue
         thumb = face.get("thumbnail")
-        rows.append(
-            {**face, "thumbnail": thumb if isinstance(thumb, str) and _IMAGE_URI_RE.match(thumb) else None}
-        )
+        maps = [
+            {"src": src, "timestamp": f.get("timestamp"), "confidence": f.get("confidence")}
+            for f in face.get("anomalous_frames") or []
+            if isinstance(f, dict) and (src := _inline(store, job_id, _heat_map_name(f.get("saliency_url"))))
+        ]
+        thumb_ok = isinstance(thumb, str) and _IMAGE_URI_RE.match(thumb)
+        rows.append({**_FACE_KEYS, **face, "thumbnail": thumb if thumb_ok else None, "maps": maps})
     return rows
 
 

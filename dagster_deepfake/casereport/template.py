@@ -135,7 +135,10 @@ TEMPLATE = """<!doctype html>
  <td>{{ f.track_id }}{% if f.primary %} <strong>(decides the verdict)</strong>{% endif %}</td><td>{{ f.frames }}</td>
  <td>{{ fmt(f.first_timestamp, 2) }}–{{ fmt(f.last_timestamp, 2) }} s</td><td>{{ fmt(f.p_fake) }}</td>
  <td>{% if f.confidence_interval %}{{ fmt(f.confidence_interval[0]) }} – {{ fmt(f.confidence_interval[1]) }}{% else %}–{% endif %}</td>
- <td>{{ f.overall_class or "" }}</td><td>{% if f.reason %}<span class="muted">not scored: {{ f.reason }}</span>{% endif %}</td></tr>{% endfor %}</table>
+ <td>{{ f.overall_class or "" }}</td><td>{% if f.reason %}<span class="muted">not scored: {{ f.reason }}</span>{% endif %}</td></tr>
+ {% if f.maps %}<tr><td></td><td colspan="7">{% for m in f.maps %}<img class="thumb track-map" src="{{ m.src }}" alt="heat map of face {{ f.track_id }}"
+  title="{{ fmt(m.timestamp, 2) }} s, window P(fake) {{ fmt(m.confidence) }}"> {% endfor %}
+  <span class="muted">this face's heat maps</span></td></tr>{% endif %}{% endfor %}</table>
 {% elif adds %}<p>One face analysed{% if adds.face_coverage is not none %}, found in {{ pct(adds.face_coverage) }} of the sampled frames{% endif %}
  {% if adds.skipped_frames and adds.skipped_frames.total %}; {{ adds.skipped_frames.total }} frames skipped
  ({% for k, v in adds.skipped_frames.by_reason.items() %}{{ k }}: {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %}.</p>{% endif %}
