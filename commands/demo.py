@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from commands.report import print_case_reports
 from dagster_deepfake.config import REPO_ROOT, Settings, load_settings
 from dagster_deepfake.storage.bucket import UploadBucket
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
@@ -226,6 +227,7 @@ def run_demo(
         _stop(daemon)
 
     _print_summary(db, expected, settings.platform.artifact_root)
+    print_case_reports(settings, expected, REPO_ROOT / ".demo-data" / "reports", console)
     console.print(f"demo finished in {time.time() - t0:.0f} s")
     return 0 if all(last.get(v) in ("completed", "failed") for v in expected) else 1
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from dagster_deepfake.errors import DeepfakeError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from dagster_deepfake.config import Settings
 
 
@@ -85,3 +87,21 @@ def run(args: argparse.Namespace) -> int:
     if args.document:
         print(f"result document (canonical JSON): {args.document}")
     return 0
+
+
+def print_case_reports(settings: Settings, videos: dict[str, str], folder: Path, console: Console) -> None:
+    """`make demo`: each finished video's case report as HTML in `folder`, and where else it is."""
+    from dagster_deepfake.casereport import CaseReportError
+
+    console.print(f"[bold]Case reports[/] (HTML written to {folder}; PDF: add --out FILE.pdf):")
+    for video_id, name in videos.items():
+        try:
+            path = write_report(settings, video_id, folder / f"{video_id}.html")
+        except CaseReportError as exc:
+            console.print(f"  {name:<40} no report: {exc}")
+            continue
+        console.print(f"  {name:<40} {path}")
+    console.print(
+        "  or: `dagster-deepfake report <video_id> --out case.pdf`; with `dagster-deepfake serve`: "
+        "http://127.0.0.1:8000/jobs/<video_id>/report (and /report.pdf)"
+    )

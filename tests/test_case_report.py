@@ -326,8 +326,27 @@ def test_faces_as_tracks_are_a_table_with_their_heat_maps(tiny: Settings, db: Re
     )  # the bad URI dropped
     assert "(decides the verdict)" in page and "not scored: &lt;b&gt;3 frames&lt;/b&gt; &lt; 5" in page
     assert page.count('class="thumb track-map"') == 1 and base64.b64encode(face_png).decode() in page
-    markup = page.split("<script type=\"application/json\"", 1)[0]  # the embedded document is data
+    markup = page.split('<script type="application/json"', 1)[0]  # the embedded document is data
     assert "<script>x" not in markup and "javascript:" not in markup and "<script" not in markup
     first_page = page.split('class="page"', 1)[0]
     assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 0123))" in first_page  # said on page one
     assert "tiny-trained-x: <strong>not found</strong>" in page  # a checkpoint it cannot find is said so
+
+
+def test_the_demo_prints_where_each_report_is(tiny: Settings, db: ResultsDB, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from commands.report import print_case_reports
+
+    failed, queued = "v_00000000000000da", "v_00000000000000db"
+    for job_id in (failed, queued):
+        db.create_job(job_id, job_id, "file:///bucket/x.mp4")
+    db.set_job_status(failed, "failed", reason="no face found")
+    console = Console(record=True, width=200)
+    print_case_reports(tiny, {failed: "empty.mp4", queued: "late.mp4"}, tmp_path / "reports", console)
+    said = console.export_text()
+    assert (
+        str(tmp_path / "reports" / f"{failed}.html") in said
+        and "no face found" in (tmp_path / "reports" / f"{failed}.html").read_text()
+    )
+    assert "late.mp4" in said and "is queued" in said and "/jobs/<video_id>/report" in said
