@@ -88,11 +88,12 @@ def build_definitions(
         jobs = [copy(job, executor_def=executor_def) for job in jobs]
     analyze, features, _ = jobs
     built: list[dg.Definitions] = []  # the batch job runs the per-video jobs of these Definitions
-    batch_job = build_batch_job(lambda name: built[0].resolve_job_def(name))
+    # Not on another executor: a batch runs its videos in-process, and Celery workers are warm already.
+    batch_job = build_batch_job(lambda name: built[0].resolve_job_def(name)) if executor_def is None else None
     defs = dg.Definitions(
         assets=[*PER_VIDEO_ASSETS, *TRAINING_ASSETS],
         asset_checks=ASSET_CHECKS,
-        jobs=[*jobs, batch_job],
+        jobs=[*jobs, *([batch_job] if batch_job else [])],
         sensors=[
             build_upload_sensor(analyze, settings.platform.sensor_interval_seconds, batch_job=batch_job),
             build_dataset_backfill_sensor(features, batch_job=batch_job),
