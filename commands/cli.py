@@ -131,15 +131,18 @@ def _cmd_model_describe(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
     from dagster_deepfake.models.describe import describe_model, format_description
     from dagster_deepfake.models.registry import list_model_configs
+    from dagster_deepfake.models.weights_store import imported_weights_dir
 
+    settings = load_settings(args.config)
     if args.all:
         targets: list = list_model_configs()
     elif args.model_config:
         targets = [args.model_config]
     else:  # what the settings file builds: its variant with its explicit keys on top
-        targets = [load_settings(args.config).model]
+        targets = [settings.model]
+    weights_dir = imported_weights_dir(settings.platform.model_dir)
     for target in targets:
-        print(format_description(describe_model(target)))
+        print(format_description(describe_model(target, weights_dir=weights_dir)))
         print()
     return 0
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from .configuration import DetectorConfig, ModelConfig
 from .detector import DeepfakeDetector
 from .registry import resolve_model_config
 from .weights import PretrainedFlags, build_detector
+from .weights_store import WeightsProvenance, match_imported
 
 #: Side of the zero faces the shape probe runs (any size works: the backbone pools globally).
 PROBE_SIZE = 224
@@ -30,6 +32,8 @@ class ModelDescription:
     config_hash: str
     blocks: list[BlockSummary]
     pretrained: PretrainedFlags
+    # What `weights import` stored for exactly this architecture (used where `pretrained` is true).
+    imported: dict[str, WeightsProvenance] = field(default_factory=dict)
 
     @property
     def trainable_params(self) -> int:
@@ -123,12 +127,25 @@ def describe_detector(model: DeepfakeDetector, pretrained: PretrainedFlags | Non
 
 
 def describe_model(
-    model_config: ModelConfig | str | None = "contract", *, pretrained: bool = False
+    model_config: ModelConfig | str | None = "contract",
+    *,
+    pretrained: bool = False,
+    weights_dir: str | Path | None = None,
 ) -> ModelDescription:
     """Build a variant by name or a config (`settings.model`), random init unless `pretrained`
-    (never downloads), and describe it."""
-    model, flags = build_detector(resolve_model_config(model_config), pretrained=pretrained, seed=0)
-    return describe_detector(model, flags)
+    (never downloads), and describe it, naming the imported weights in `weights_dir` that fit."""
+    model, flags = build_detector(
+        resolve_model_config(model_config), pretrained=pretrained, seed=0, weights_dir=weights_dir
+    )
+    description = describe_detector(model, flags)
+    for branch, module in (
+        ("audio_encoder", model.audio_encoder.wav2vec2),
+        ("video_backbone", model.frame_encoder.backbone),
+    ):
+        match = match_imported(weights_dir, branch, module)  # type: ignore[arg-type]
+        if match is not None:
+            description.imported[branch] = match[1]
+    return description
 
 
 def format_description(description: ModelDescription) -> str:
@@ -151,6 +168,11 @@ def format_description(description: ModelDescription) -> str:
         f"model {description.name}  config_hash {description.config_hash}",
         f"pretrained: audio_encoder={str(flags.audio_encoder).lower()} "
         f"video_backbone={str(flags.video_backbone).lower()}",
+        *(
+            f"imported {branch}: {p.source} (sha256 {p.stored_sha256[:16]}…, {p.naming} names, "
+            f"{p.imported_at:%Y-%m-%d})"
+            for branch, p in description.imported.items()
+        ),
         line(header),
         line(tuple("-" * w for w in widths)),
         *(line(r) for r in rows[:-1]),

@@ -336,18 +336,26 @@ def find_imported(
     """The imported tensors for exactly `module`'s architecture (by signature) and their
     provenance; None when none were imported. A stored file whose SHA-256 no longer matches its
     provenance (edited, truncated) raises: serving other weights than recorded is never silent."""
+    match = match_imported(weights_dir, branch, module)
+    if match is None:
+        return None
+    folder, provenance = match
+    if sha256_file(folder / WEIGHTS_FILE) != provenance.stored_sha256:
+        raise WeightsError(f"{folder / WEIGHTS_FILE}: SHA-256 differs from {PROVENANCE_FILE}; re-import it")
+    return load_file(str(folder / WEIGHTS_FILE)), provenance
+
+
+def match_imported(
+    weights_dir: str | Path | None, branch: Branch, module: nn.Module
+) -> tuple[Path, WeightsProvenance] | None:
+    """The store folder (and provenance) imported for exactly `module`'s architecture, unread."""
     if weights_dir is None:
         return None
     sig = signature(module.state_dict())
     for folder in sorted(Path(weights_dir).glob(f"{branch}-*-{sig}")):
         provenance = read_provenance(folder)
-        if provenance is None:
-            continue
-        if sha256_file(folder / WEIGHTS_FILE) != provenance.stored_sha256:
-            raise WeightsError(
-                f"{folder / WEIGHTS_FILE}: SHA-256 differs from {PROVENANCE_FILE}; re-import it"
-            )
-        return load_file(str(folder / WEIGHTS_FILE)), provenance
+        if provenance is not None:
+            return folder, provenance
     return None
 
 

@@ -203,6 +203,17 @@ def _is_better(stats: EpochStats, best: EpochStats | None) -> bool:
     return key(stats) > key(best)
 
 
+def needs_loss_scaling(device: str | torch.device, bf16: bool) -> bool:
+    """True only where autocast runs fp16: CUDA without bf16 (V100, T4; `autocast_context`).
+    bf16 keeps fp32's exponent range and needs no loss scaling; the CPU path is bf16."""
+    return torch.device(device).type == "cuda" and bf16 and not torch.cuda.is_bf16_supported()
+
+
+def grad_scaler(device: str | torch.device, bf16: bool) -> torch.amp.GradScaler:
+    """fp16 AMP's `GradScaler` where `needs_loss_scaling`, else a disabled one (a no-op)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=needs_loss_scaling(device, bf16))
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -219,9 +230,13 @@ def train_step(
     lambda_tc: float,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """One optimizer step: the batch to `device`, forward under autocast (bf16 on CPU, AMP on
-    CUDA), `detector_loss` in fp32, backward, clip at `GRAD_CLIP_NORM`, step optimizer and schedule."""
+    CUDA), `detector_loss` in fp32, backward, clip at `GRAD_CLIP_NORM`, step optimizer and schedule.
+
+    `scaler` (`grad_scaler`): fp16 AMP's loss scaling, so small gradients do not flush to zero;
+    gradients are unscaled before clipping so the clip norm means the same as in fp32."""
     batch = batch.to(device)
     with autocast_context(device, bf16):
         output = model(batch.faces, batch.flow, batch.frame_mask, batch.waveform, batch.speech_mask)
@@ -233,9 +248,16 @@ def train_step(
         lambda_tc=lambda_tc,
     )
     optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
-    torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP_NORM)
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(parts.total).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP_NORM)
+        scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient is inf/NaN
+        scaler.update()
+    else:
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP_NORM)
+        optimizer.step()
     scheduler.step()
     return StepResult(loss=float(parts.total.detach()), audio_used=int(output.audio_used.sum()))
 
@@ -308,6 +330,7 @@ def train_detector(
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, training_cfg)
+    scaler = grad_scaler(device, bf16)
     scheduler = build_scheduler(optimizer, training_cfg, plan)
 
     last_dir, best_dir = out_dir / LAST_DIR, out_dir / BEST_DIR
@@ -380,7 +403,15 @@ def train_detector(
             if step >= plan.total_steps:
                 break
             result = train_step(
-                model, batch, optimizer, scheduler, trainable, lambda_tc=lambda_tc, device=device, bf16=bf16
+                model,
+                batch,
+                optimizer,
+                scheduler,
+                trainable,
+                lambda_tc=lambda_tc,
+                device=device,
+                bf16=bf16,
+                scaler=scaler,
             )
             step += 1
             losses.append(result.loss)
