@@ -12,6 +12,7 @@ from pydantic import Field
 from assets.common import image_md
 from dagster_deepfake.config import with_training_config
 from dagster_deepfake.models.publish import publish_checkpoint, training_run_dir
+from dagster_deepfake.models.weights_store import imported_weights_dir
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import layout
 from dagster_deepfake.training import registered
@@ -131,6 +132,7 @@ def trained_model(
         on_epoch=on_epoch,
         training_data_hash=data_hash,
         training_data=trained_on,
+        weights_dir=imported_weights_dir(s.platform.model_dir),  # what `weights import` brought
         data_cfg=s.data,
     )
     # Atomic: serving sees the old checkpoint or the new one, never none (models/publish.py).
