@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", default="240p,720p,1080p")
     parser.add_argument("--ensemble-size", type=int, default=5)
     parser.add_argument("--throughput-clips", type=int, default=20)
+    parser.add_argument(
+        "--training-batches", default="2,4", help="contract-model training step at these batches ('': skip)"
+    )
     args = parser.parse_args(argv)
     if args.one or args.batch:
         settings = load_settings()
@@ -445,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         throughput_clips=args.throughput_clips,
     )
     print(markdown_table(report))
+    if args.training_batches:  # the contract model's training cost at batch 32 (commands/bench_training.py)
+        from commands.bench_training import markdown, run_training_bench
+
+        batches = tuple(int(b) for b in args.training_batches.split(","))
+        print(markdown(run_training_bench(Path(args.out), batches)))
     return 0
 
 
