@@ -14,7 +14,6 @@ from dagster_deepfake.config import with_training_config
 from dagster_deepfake.models.publish import publish_checkpoint, training_run_dir
 from dagster_deepfake.models.weights_store import imported_weights_dir
 from dagster_deepfake.plots import line_plot_png
-from dagster_deepfake.storage import layout
 from dagster_deepfake.training import registered
 from dagster_deepfake.training.features import StoreFeatureSource
 from dagster_deepfake.training.manifests import manifest_hash
@@ -132,8 +131,8 @@ def trained_model(
         on_epoch=on_epoch,
         training_data_hash=data_hash,
         training_data=trained_on,
-        weights_dir=imported_weights_dir(s.platform.model_dir),  # what `weights import` brought
         data_cfg=s.data,
+        weights_dir=imported_weights_dir(s.platform.model_dir),  # what `weights import` brought
     )
     # Atomic: serving sees the old checkpoint or the new one, never none (models/publish.py).
     current = publish_checkpoint(result.best_checkpoint, s.platform.model_dir)
@@ -202,7 +201,8 @@ def calibration(
     deps=[calibration],
     group_name="training",
     kinds={"parquet", "postgres"},
-    description="Video-level AUC, accuracy, FPR at 0.5, TPR at 5 % FPR, EER, ECE, per-method AUC, ROC.",
+    description="Per registered test set: video- and frame-level AUC with bootstrap intervals, AP, EER, "
+    "TPR at 1/5 % FPR, FPR at the threshold, ECE before/after calibration, per method, cross-dataset.",
 )
 def evaluation(
     settings: SettingsResource,
@@ -211,52 +211,56 @@ def evaluation(
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
     from dagster_deepfake.models.store import current_checkpoint_dir
-    from dagster_deepfake.training.evaluate import evaluate_checkpoint
+    from dagster_deepfake.training.eval_report import render_report, results_table, store_evaluation
+    from dagster_deepfake.training.evaluate import evaluate_test_sets
 
     s = settings.get()
     store = artifacts.store()
-    test_ids, labels, data_hash = registered.split_ids(store, "test")
-    result = evaluate_checkpoint(
+    sets, labels, hashes = registered.evaluation_sets(registered.usable_rows(store))
+    if not sets:
+        raise dg.Failure("no registered dataset has a test split with cached features")
+    results = evaluate_test_sets(
         current_checkpoint_dir(s.platform.model_dir),
-        test_ids,
+        sets,
         StoreFeatureSource(store, labels),
         threshold=s.model.classification.threshold,
         device=torch_device.torch_device(),
+        data_cfg=s.data,
+        targets=s.targets,
     )
-    metrics = result.metrics.model_dump()
-    created = dt.datetime.now(dt.UTC)
-    evaluation_id = f"{result.model_version}:{data_hash}"
-    postgres.db().upsert_evaluation(
-        evaluation_id=evaluation_id,
-        model_version=result.model_version,
-        dataset=data_hash,
-        split="test",
-        metrics={**metrics, "per_method_auc": result.per_method_auc, "weights": result.weights},
-    )
-    store.write_bytes(
-        layout.evaluation_rel(data_hash, "predictions.parquet"), result.predictions.to_parquet(index=False)
-    )
-    if result.roc_png:
-        store.write_bytes(layout.evaluation_rel(data_hash, "roc.png"), result.roc_png)
-    targets = s.targets
+    reports = store_evaluation(results, hashes, store, postgres.db())
+    head = results[0]  # the first test set by name; every set is in the table and the report
+    m = head.metrics
     return dg.MaterializeResult(
         metadata={
-            "auc": metrics.get("auc"),
-            "accuracy": metrics.get("accuracy"),
-            "fpr_at_0.5": metrics.get("fpr_at_threshold"),
-            "tpr_at_5pct_fpr": metrics.get("tpr_at_fpr_5"),
-            "eer": metrics.get("eer"),
-            "ece": metrics.get("ece"),
-            "per_method_auc": dg.MetadataValue.json(result.per_method_auc),
-            "meets_targets": bool(
-                (metrics.get("auc") or 0) > targets.auc
-                and (metrics.get("fpr_at_threshold") or 1) < targets.false_positive_rate
+            "test_set": head.test_set,
+            "auc": m.auc,
+            "auc_ci": dg.MetadataValue.json(head.video_auc_ci.model_dump() if head.video_auc_ci else None),
+            "frame_auc": head.frame_metrics.auc if head.frame_metrics else None,
+            "ap": m.ap,
+            "accuracy": m.accuracy,
+            "fpr_at_0.5": m.fpr_at_threshold,
+            "tpr_at_1pct_fpr": m.tpr_at_fpr_1,
+            "tpr_at_5pct_fpr": m.tpr_at_fpr_5,
+            "eer": m.eer,
+            "ece": m.ece,
+            "ece_uncalibrated": head.ece_uncalibrated,
+            "per_method_auc": dg.MetadataValue.json(head.per_method_auc),
+            "meets_targets": all(
+                bool(r.targets["auc"]["pass"] and r.targets["fpr"]["pass"]) for r in results
             ),
-            "weights": result.weights,
-            "test_videos": len(test_ids),
-            "evaluated_at": created.isoformat(),
+            "weights": head.weights,
+            "test_sets": dg.MetadataValue.json({r.test_set: len(r.predictions) for r in results}),
+            "test_videos": sum(len(r.predictions) for r in results),
+            "evaluated_at": dt.datetime.now(dt.UTC).isoformat(),
+            "report_path": dg.MetadataValue.path(store.full_url(reports[head.model_version])),
+            "table": dg.MetadataValue.text(results_table(results)),
+            "report": dg.MetadataValue.md(render_report(results)),
             "roc": dg.MetadataValue.md(
-                image_md(result.roc_png, "ROC", "image/png") if result.roc_png else "one class only"
+                image_md(head.roc_png, "ROC", "image/png") if head.roc_png else "one class only"
+            ),
+            "reliability": dg.MetadataValue.md(
+                image_md(head.reliability_png, "reliability", "image/png") if head.reliability_png else "-"
             ),
         }
     )

@@ -168,7 +168,30 @@ def _train_on_synthetic(
         console.print(f"[red]training failed in {err.get('step')}: {err.get('message')}[/]")
         return False
     console.print(format_training_summary(metadata))
+    _print_evaluation(metadata.get("evaluation", {}).get("report"))
     return True
+
+
+def _print_evaluation(report: object) -> None:
+    """The evaluation report (protocol, video/frame AUC with intervals, per method): paste-able markdown."""
+    if isinstance(report, str):
+        console.rule("evaluation (synthetic test split)")
+        print(report, flush=True)  # plain: the report's [low, high] intervals are not rich markup
+
+
+def _stored_evaluation(settings: Settings) -> str | None:
+    """The serving model's last evaluation report, when one was stored (a reused demo model)."""
+    from dagster_deepfake.models.checkpoint import read_manifest
+    from dagster_deepfake.models.store import current_checkpoint_dir
+    from dagster_deepfake.storage import layout
+    from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
+
+    p = settings.platform
+    store = ArtifactStore(
+        p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
+    )
+    rel = layout.evaluation_report_rel(read_manifest(current_checkpoint_dir(p.model_dir)).model_version)
+    return store.read_bytes(rel).decode() if store.exists(rel) else None
 
 
 def run_demo(
@@ -197,6 +220,7 @@ def run_demo(
             console.print(
                 f"[bold]reusing[/] the tiny model already trained on {DEMO_DATASET} (`make clean` drops it)"
             )
+            _print_evaluation(_stored_evaluation(settings))
         elif train_videos:
             _train_on_synthetic(settings, db, daemon, train_videos, deadline, t0)
 

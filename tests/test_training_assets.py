@@ -4,9 +4,11 @@ instance and the real PostgreSQL; afterwards predictions are served by what it p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +19,7 @@ from code_location.definitions import (
     extract_features_job,
     train_job,
 )
+from commands.cli import main as cli_main
 from dagster_deepfake.analyze import analyze_file
 from dagster_deepfake.datasets import register_dataset
 from dagster_deepfake.models.checkpoint import read_manifest
@@ -30,7 +33,7 @@ EPOCHS = 3
 
 
 @pytest.mark.slow
-def test_train_calibrate_evaluate_on_a_registered_dataset(settings, db, tmp_path: Path):
+def test_train_calibrate_evaluate_on_a_registered_dataset(settings, db, tmp_path: Path, capsys):
     settings.platform.model_dir = str(tmp_path / "models")  # never the repository's .models
     data = tmp_path / "synthetic"
     manifest = generate_dataset(data, 12, seed=3, duration=2.0)
@@ -83,8 +86,32 @@ def test_train_calibrate_evaluate_on_a_registered_dataset(settings, db, tmp_path
     # The evaluation is a PostgreSQL row for this model on the test split.
     with db.engine.connect() as conn:
         rows = conn.execute(select(evaluations)).mappings().all()
-    assert [(r["model_version"], r["split"]) for r in rows] == [(published.model_version, "test")]
-    assert 0.0 <= rows[0]["metrics"]["auc"] <= 1.0
+    assert [(r["model_version"], r["split"], r["dataset"]) for r in rows] == [
+        (published.model_version, "test", "synthetic-test")
+    ]
+    stored = rows[0]["metrics"]
+    assert 0.0 <= stored["auc"] <= 1.0 and 0.0 <= stored["frame_auc"] <= 1.0
+    assert stored["video_auc_low"] <= stored["video_auc"] <= stored["video_auc_high"]
+    evaluated = result.asset_materializations_for_node("evaluation")[0].metadata
+    report = evaluated["report"].value
+    assert report.startswith(f"# Evaluation of {published.model_version}") and "5 FPS" in report
+    assert "| synthetic-test |" in evaluated["table"].value
+
+    # The same evaluation from the command line (and the ablations in one table), on the same store.
+    cli_yaml = tmp_path / "cli.yaml"
+    p = settings.platform
+    keys = {"artifact_root": p.artifact_root, "postgres_url": p.postgres_url, "model_dir": p.model_dir}
+    cli_yaml.write_text("platform:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in keys.items()))
+    out = tmp_path / "eval-out"
+    assert cli_main(["--config", str(cli_yaml), "evaluate", "--bootstrap", "50", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| synthetic-test |" in printed and (out / "evaluation.md").read_text() in printed
+    assert cli_main(["--config", str(cli_yaml), "evaluate", "--dataset", "nope"]) == 2
+    ablate = ["--config", str(cli_yaml), "ablate", "--training-config", str(training_yaml), "--epochs", "1"]
+    assert cli_main([*ablate, "--bootstrap", "50", "--out", str(tmp_path / "abl")]) == 0
+    table = capsys.readouterr().out
+    assert "| no audio |" in table and "| temporal transformer |" in table and "(reference)" in table
+    assert len(pd.read_parquet(tmp_path / "abl" / "ablation.parquet")) == 4
 
     # From now on predictions come from that model and say so.
     clip = data / str(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
