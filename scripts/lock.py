@@ -32,6 +32,9 @@ PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"  # torch 2.14.1's Linux x86-64 wheel is manylinux_2_28
 # Installed before the lock by pip (pip upgrades itself; uv installs everything else).
 INSTALLERS = ("pip", "uv")
+# grad-cam 1.5.5 is on PyPI as an sdist only; it builds with setuptools and wheel. Both are locked
+# and setup hands the lock to uv as build constraints, so that build is pinned and hashed too.
+BUILD_TOOLS = ("wheel",)
 # torchvision 0.N pairs with torch 2.(N-15): 0.29 ↔ 2.14, 0.28 ↔ 2.13, 0.24 ↔ 2.9 (docs/ARCHITECTURE.md §6).
 TORCHVISION_MINOR_OFFSET = 15
 
@@ -141,7 +144,7 @@ def compile_lock(upgrade: bool) -> int:
         print("lock: uv not found; run `make setup` first (it installs uv from the lock)", file=sys.stderr)
         return 2
     data = tomllib.loads(PYPROJECT.read_text())
-    extra_inputs = list(data.get("build-system", {}).get("requires", [])) + list(INSTALLERS)
+    extra_inputs = list(data.get("build-system", {}).get("requires", [])) + [*INSTALLERS, *BUILD_TOOLS]
     cmd = [
         uv, "pip", "compile", str(PYPROJECT.relative_to(ROOT)), "-",
         "--all-extras", "--generate-hashes",
