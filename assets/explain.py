@@ -1,5 +1,6 @@
 """`saliency` (Grad-CAM on the top-5 frames, audio anomalies, agreement) and `report` (the contract JSON)."""
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -13,6 +14,7 @@ from dagster_deepfake import stages
 from dagster_deepfake.evidence import Evidence
 from dagster_deepfake.report import build_document
 from dagster_deepfake.storage import stage_io
+from dagster_deepfake.track_scores import rename_heat_maps, track_units
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -42,22 +44,56 @@ def saliency(
     store = artifacts.store()
     device = torch_device.torch_device()
     (model, _), *_ = model_store.load(device)[0]
-    faces = stage_io.load_face_crops(store, video_id)
-    explanation = stages.saliency_stage(
-        model,
-        faces.crops,
-        faces.frame_ids,
-        faces.timestamps,
-        stage_io.load_flow_features(store, video_id),
-        stage_io.load_window_scores(store, video_id),
-        stage_io.load_audio_embeddings(store, video_id, 1)[0],
-        stage_io.load_audio(store, video_id).segments,
-        stage_io.frame_image_reader(store, video_id),
-        stage_io.landmarks_reader(store, video_id),
-        settings.get(),
-        device,
-    )
-    stage_io.persist_explanation(store, video_id, explanation)
+    s = settings.get()
+    embeddings = stage_io.load_audio_embeddings(store, video_id, 1)[0]
+    speech = stage_io.load_audio(store, video_id).segments
+    frame_reader = stage_io.frame_image_reader(store, video_id)
+    if s.data.faces.max_faces > 1:  # faces as tracks: heat maps per track; the document's are the verdict's
+        tracks = stage_io.load_face_tracks(store, video_id, s.data.faces.tracking.min_frames)
+        flows = stage_io.load_track_flow(store, video_id)
+        windows = stage_io.load_track_window_scores(store, video_id)
+        per_track = {
+            u.track_id: rename_heat_maps(
+                stages.saliency_stage(
+                    model,
+                    u.crops,
+                    u.frame_ids,
+                    u.timestamps,
+                    flows[u.track_id],
+                    windows[u.track_id],
+                    embeddings,
+                    speech,
+                    frame_reader,
+                    u.landmarks.__getitem__,
+                    s,
+                    device,
+                ),
+                u,
+            )
+            for u in track_units(tracks)
+        }
+        primary = per_track[stage_io.load_primary_track(store, video_id)]
+        heat_maps = {name: png for e in per_track.values() for name, png in e.heat_maps.items()}
+        explanation = dataclasses.replace(primary, heat_maps=heat_maps)
+        track_rows = {t: e.anomalous_frames for t, e in per_track.items()}
+    else:
+        faces = stage_io.load_face_crops(store, video_id)
+        explanation = stages.saliency_stage(
+            model,
+            faces.crops,
+            faces.frame_ids,
+            faces.timestamps,
+            stage_io.load_flow_features(store, video_id),
+            stage_io.load_window_scores(store, video_id),
+            embeddings,
+            speech,
+            frame_reader,
+            stage_io.landmarks_reader(store, video_id),
+            s,
+            device,
+        )
+        track_rows = None
+    stage_io.persist_explanation(store, video_id, explanation, track_rows)
     rows, agreement = explanation.anomalous_frames, explanation.modality_agreement
     thumbs = [
         image_md(explanation.heat_maps[r["face_png"]], f"frame {r['frame_id']}", "image/png") for r in rows

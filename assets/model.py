@@ -8,6 +8,12 @@ from assets.perception import aligned_faces, audio, optical_flow
 from dagster_deepfake import stages
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import stage_io
+from dagster_deepfake.track_scores import (
+    pick_primary,
+    track_prediction_table,
+    track_units,
+    track_window_table,
+)
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -75,16 +81,30 @@ def predictions(
     store = artifacts.store()
     device = torch_device.torch_device()
     members, warnings = model_store.load(device)
-    faces = stage_io.load_face_crops(store, video_id)
-    scored = stages.predictions_stage(
-        members,
-        faces.crops,
-        stage_io.load_flow_features(store, video_id),
-        faces.timestamps,
-        stage_io.load_audio_embeddings(store, video_id, len(members)),
-        s,
-        device,
-    )
+    embeddings = stage_io.load_audio_embeddings(store, video_id, len(members))
+    if (
+        s.data.faces.max_faces > 1
+    ):  # faces as tracks: every scorable track; the verdict is the most suspicious
+        tracks = stage_io.load_face_tracks(store, video_id, s.data.faces.tracking.min_frames)
+        flows = stage_io.load_track_flow(store, video_id)
+        by_track = {
+            u.track_id: stages.predictions_stage(
+                members, u.crops, flows[u.track_id], u.timestamps, embeddings, s, device
+            )
+            for u in track_units(tracks)
+        }
+        primary = pick_primary(by_track)
+        stage_io.persist_track_predictions(
+            store,
+            video_id,
+            track_prediction_table(video_id, tracks, by_track, primary),
+            track_window_table(video_id, by_track),
+        )
+        scored = by_track[primary]
+    else:
+        faces = stage_io.load_face_crops(store, video_id)
+        flow = stage_io.load_flow_features(store, video_id)
+        scored = stages.predictions_stage(members, faces.crops, flow, faces.timestamps, embeddings, s, device)
     store.write_table("windows", video_id, stage_io.window_table(video_id, scored))
     store.write_table("predictions", video_id, stage_io.prediction_table(video_id, scored, warnings))
     postgres.db().upsert_prediction(video_id=video_id, n_windows=len(scored.window_probs), **scored.row())

@@ -10,6 +10,7 @@ from dagster_deepfake.errors import NoFaceFoundError
 from dagster_deepfake.media.probe import VideoProbe
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.storage import stage_io
+from dagster_deepfake.track_scores import track_units
 from resources import ArtifactStoreResource, PostgresResource, SettingsResource
 
 # Below this share of sampled frames with exactly one face the check warns a reviewer.
@@ -49,6 +50,9 @@ def aligned_faces(
             "face_coverage": dg.MetadataValue.float(round(extraction.coverage, 4)),
             "skipped_no_face": extraction.skip_counts.get("no_face", 0),
             "skipped_multiple_faces": extraction.skip_counts.get("multiple_faces", 0),
+            "face_tracks": "off (data.faces.max_faces: 1)"
+            if extraction.tracks is None
+            else f"{len(extraction.tracks.track_ids)} ({len(extraction.tracks.scorable_ids)} long enough to score)",
             "detector": f"{cfg.detector} (confidence ≥ {cfg.confidence_threshold})",
             "face_strip": dg.MetadataValue.md(image_md(strip, "aligned faces", "image/png")),
         }
@@ -89,9 +93,17 @@ def optical_flow(
     context: dg.AssetExecutionContext, settings: SettingsResource, artifacts: ArtifactStoreResource
 ) -> dg.MaterializeResult:
     video_id = context.partition_key
+    s = settings.get()
     store = artifacts.store()
+    if s.data.faces.max_faces > 1:  # faces as tracks: each scorable track's own flow, before `flow`
+        tracks = stage_io.load_face_tracks(store, video_id, s.data.faces.tracking.min_frames)
+        flows = {
+            u.track_id: (stages.flow_stage(u.crops, u.frame_ids, s), u.timestamps)
+            for u in track_units(tracks)
+        }
+        stage_io.persist_track_flow(store, video_id, flows)
     faces = stage_io.load_face_crops(store, video_id)
-    flow = stages.flow_stage(faces.crops, faces.frame_ids, settings.get(), return_fields=True)
+    flow = stages.flow_stage(faces.crops, faces.frame_ids, s, return_fields=True)
     table = stage_io.persist_flow(store, video_id, flow, faces.timestamps)
     plot = line_plot_png(
         table["timestamp"],

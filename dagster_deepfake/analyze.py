@@ -64,7 +64,15 @@ def analyze_file(
     from dagster_deepfake.evidence import Evidence
     from dagster_deepfake.media.images import decode_image, encode_jpeg
     from dagster_deepfake.report import build_document
-    from dagster_deepfake.storage.stage_io import FaceCrops, prediction_table
+    from dagster_deepfake.storage.stage_io import prediction_table
+    from dagster_deepfake.track_scores import (
+        face_entries,
+        face_units,
+        pick_primary,
+        rename_heat_maps,
+        track_prediction_table,
+        track_window_table,
+    )
 
     timer = StageTimer()
     path = Path(path)
@@ -90,9 +98,11 @@ def analyze_file(
                 yield frame
 
     extraction = stages.faces_stage(counted(), settings, str(path))
-    faces = FaceCrops.from_extraction(extraction)
+    # One face (the contract's rule) or, with data.faces.max_faces > 1, every scorable face
+    # track: each unit goes through the same flow, model and saliency stages (track_scores.py).
+    units = face_units(extraction)
     with timer.stage("flow"):
-        flow = stages.flow_stage(faces.crops, faces.frame_ids, settings).features
+        flows = [stages.flow_stage(u.crops, u.frame_ids, settings).features for u in units]
     with timer.stage("audio+vad"):
         audio = stages.audio_stage(path, probe, settings)
         audio_in = stages.AudioInput.from_pcm(audio.pcm, audio.speech.mask_20ms, audio.speech.segments)
@@ -111,28 +121,44 @@ def analyze_file(
         )
     with timer.stage("model"):
         embeddings = [stages.audio_embeddings_stage(m, audio_in, device) for m, _ in members]
-        scored = stages.predictions_stage(
-            members, faces.crops, flow, faces.timestamps, embeddings, settings, device
-        )
-    windows = stages.WindowScores.from_scored(scored)
-    landmarks = extraction.table.set_index("frame_id")["landmarks"]
+        scores = [
+            stages.predictions_stage(members, u.crops, flow, u.timestamps, embeddings, settings, device)
+            for u, flow in zip(units, flows, strict=True)
+        ]
+    frame_landmarks = extraction.table.set_index("frame_id")["landmarks"].__getitem__
+    explanations = []
     with timer.stage("saliency"):
-        explanation = stages.saliency_stage(
-            members[0][0],
-            faces.crops,
-            faces.frame_ids,
-            faces.timestamps,
-            flow,
-            windows,
-            embeddings[0],
-            audio.speech.segments,
-            lambda frame_id: decode_image(kept_images[frame_id]),
-            landmarks.__getitem__,
-            settings,
-            device,
-        )
+        for unit, flow, scored in zip(units, flows, scores, strict=True):
+            explanation = stages.saliency_stage(
+                members[0][0],
+                unit.crops,
+                unit.frame_ids,
+                unit.timestamps,
+                flow,
+                stages.WindowScores.from_scored(scored),
+                embeddings[0],
+                audio.speech.segments,
+                lambda frame_id: decode_image(kept_images[frame_id]),
+                unit.landmarks.__getitem__ if unit.landmarks is not None else frame_landmarks,
+                settings,
+                device,
+            )
+            explanations.append(rename_heat_maps(explanation, unit))
     kept_images.clear()
-    heat_dir = _write_heat_maps(explanation.heat_maps, _heat_map_root(path, out_dir) / video_id)
+    face_tracks = None
+    primary = 0
+    if extraction.tracks is not None:
+        by_track = {u.track_id: s for u, s in zip(units, scores, strict=True)}
+        primary_id = pick_primary(by_track)
+        primary = [u.track_id for u in units].index(primary_id)
+        face_tracks = face_entries(
+            track_prediction_table(video_id, extraction.tracks, by_track, primary_id),
+            track_window_table(video_id, by_track),
+            {u.track_id: e.anomalous_frames for u, e in zip(units, explanations, strict=True)},
+        )
+    scored, explanation = scores[primary], explanations[primary]
+    heat_maps = {name: png for e in explanations for name, png in e.heat_maps.items()}
+    heat_dir = _write_heat_maps(heat_maps, _heat_map_root(path, out_dir) / video_id)
     evidence = Evidence(
         video_id=video_id,
         file_name=path.name,
@@ -141,12 +167,13 @@ def analyze_file(
         faces=extraction.table,
         speech_segments=list(audio.speech.segments),
         prediction=prediction_table(video_id, scored, model_warnings).iloc[0].to_dict(),
-        windows=windows,
+        windows=stages.WindowScores.from_scored(scored),
         explanation=explanation.to_json_dict(),
         vad_enabled=settings.data.vad_enabled,
         optical_flow_enabled=settings.data.optical_flow_enabled,
         processing_time_sec=timer.total,
         timings=dict(timer.seconds),
+        face_tracks=face_tracks,
     )
 
     def url(name: str) -> str | None:
@@ -186,13 +213,20 @@ def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
     doc = result.document
     p, pred, add = result.probe, doc["prediction"], doc["additions"]
     skipped = add["skipped_frames"]
+    tracks = add.get("faces")
+    faces_line = (
+        f"faces      {len(tracks)} face track(s) in {doc['metadata']['frames_analyzed'] + skipped['total']} "
+        f"sampled frames ({add['face_coverage']:.0%} with a face); skipped {skipped['by_reason']}"
+        if tracks is not None
+        else f"faces      {doc['metadata']['frames_analyzed']} of "
+        f"{doc['metadata']['frames_analyzed'] + skipped['total']} sampled frames with one face "
+        f"({add['face_coverage']:.0%}); skipped {skipped['by_reason']}"
+    )
     lines = [
         f"video      {result.path}  ({result.video_id})",
         f"probe      {p['codec']} {p['width']}x{p['height']} @ {p['fps']:.2f} fps, {p['duration']:.2f} s, "
         f"audio: {p['audio_codec'] if p['has_audio'] else 'none'}",
-        f"faces      {doc['metadata']['frames_analyzed']} of "
-        f"{doc['metadata']['frames_analyzed'] + skipped['total']} sampled frames with one face "
-        f"({add['face_coverage']:.0%}); skipped {skipped['by_reason']}",
+        faces_line,
         f"audio      {add['speech_seconds']:.2f} s of speech"
         + ("" if add["vad_enabled"] else " (VAD off: the whole track)")
         if p["has_audio"]
@@ -204,6 +238,16 @@ def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
         f"model      {doc['metadata']['model_version']}, weights {add['weights']}, "
         f"pretrained {add['pretrained']}",
     ]
+    for face in tracks or []:
+        span = f"{face['first_timestamp']:.1f}-{face['last_timestamp']:.1f} s, {face['frames']} frames"
+        said = (
+            f"P(fake) {face['p_fake']:.3f} [{face['confidence_interval'][0]:.3f}, "
+            f"{face['confidence_interval'][1]:.3f}] {face['overall_class'].upper()}"
+            if face["scored"]
+            else f"not scored: {face['reason']}"
+        )
+        mark = "  <- the verdict" if face["primary"] else ""
+        lines.append(f"face {face['track_id']:<5} {span}: {said}{mark}")
     if result.heat_map_dir:
         lines.append(f"heat maps  {result.heat_map_dir}")
     if not add["optical_flow_enabled"]:

@@ -30,6 +30,8 @@ class Evidence:
         prediction: the `predictions` row as a dict.
         windows: per-window scores.
         explanation: `Explanation.to_json_dict()` (anomalous frames, audio anomalies, agreement).
+        face_tracks: with faces as tracks (`data.faces.max_faces` > 1), one entry per track
+            (`track_scores.face_entries`); the fields above are then the most suspicious track's.
     """
 
     video_id: str
@@ -45,6 +47,7 @@ class Evidence:
     optical_flow_enabled: bool = True
     processing_time_sec: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    face_tracks: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_store(cls, store: ArtifactStore, db: ResultsDB, video_id: str, settings: Settings) -> Evidence:
@@ -71,6 +74,9 @@ class Evidence:
             vad_enabled=settings.data.vad_enabled,
             optical_flow_enabled=settings.data.optical_flow_enabled,
             processing_time_sec=(dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0,
+            face_tracks=stage_io.load_face_entries(store, video_id)
+            if settings.data.faces.max_faces > 1
+            else None,
         )
 
 

@@ -69,6 +69,27 @@ class WindowScore(_Strict):
     p_fake: float
 
 
+class FaceTrack(_Strict):  # faces as tracks
+    """One face track (`data.faces.max_faces` > 1): its span, its own verdict, timeline and heat maps."""
+
+    track_id: int
+    primary: bool = Field(description="the video's verdict is this track's (the most suspicious)")
+    scored: bool
+    reason: str | None = Field(None, description="why the track was not scored (too short)")
+    frames: int = Field(description="sampled frames in which this face was found")
+    first_frame: int
+    last_frame: int
+    first_timestamp: float
+    last_timestamp: float
+    p_fake: float | None = Field(None, ge=0, le=1, description="calibrated P(fake) of this face")
+    confidence_interval: tuple[float, float] | None = None
+    overall_class: Literal["real", "fake"] | None = None
+    bbox: tuple[float, float, float, float] = Field(description="(x1, y1, x2, y2) px of the thumbnail's face")
+    thumbnail: str = Field(description="the track's most confident face, a data: URI (JPEG)")
+    windows: list[WindowScore] = Field(default_factory=list)
+    anomalous_frames: list[AnomalousFrame] = Field(default_factory=list)
+
+
 class ProbeFacts(_Strict):
     """What the probe gate read from the file (display size: rotation applied)."""
 
@@ -105,6 +126,9 @@ class Additions(_Strict):
     speech_seconds: float | None = None
     audio_anomalies: list[AudioAnomaly] = Field(default_factory=list)
     windows: list[WindowScore] = Field(default_factory=list)
+    faces: list[FaceTrack] | None = Field(
+        None, description="faces as tracks: every face, most suspicious first"
+    )
     timings_sec: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     failure_reason: str | None = None
@@ -198,6 +222,7 @@ def build_document(
                 WindowScore(window_id=k, start=float(a), end=float(b), p_fake=float(p))
                 for k, ((a, b), p) in enumerate(zip(windows.spans, windows.p_fake, strict=True))
             ],
+            faces=_face_tracks(evidence, saliency_url),  # faces as tracks
             timings_sec=dict(evidence.timings),
             warnings=list(dict.fromkeys([*evidence.warnings, *_switch_warnings(evidence)])),
             software_version=_software_version(),
@@ -211,6 +236,28 @@ def _software_version() -> str | None:
         return f"dagster-deepfake {importlib.metadata.version('dagster-deepfake')}"
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _face_tracks(evidence: Evidence, saliency_url: Callable[[str], str | None]) -> list[FaceTrack] | None:
+    """`additions.faces` from `track_scores.face_entries` (None under the one-face rule). # faces as tracks"""
+    if evidence.face_tracks is None:
+        return None
+    return [
+        FaceTrack(
+            **{k: v for k, v in e.items() if k not in ("windows", "anomalous_frames")},
+            windows=[WindowScore(window_id=w, start=a, end=b, p_fake=p) for w, a, b, p in e["windows"]],
+            anomalous_frames=[
+                AnomalousFrame(
+                    frame_id=int(r["frame_id"]),
+                    timestamp=float(r["timestamp"]),
+                    confidence=float(r["confidence"]),
+                    saliency_url=saliency_url(r["face_png"]),
+                )
+                for r in e["anomalous_frames"]
+            ],
+        )
+        for e in evidence.face_tracks
+    ]
 
 
 def _switch_warnings(evidence: Evidence) -> list[str]:

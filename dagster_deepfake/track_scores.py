@@ -104,6 +104,7 @@ def track_prediction_table(
                 "ci_high": sv.ci_high if sv else np.nan,
                 "p_fake_video_only": sv.p_fake_video_only if sv else np.nan,
                 "primary": s.track_id == primary,
+                "bbox": np.asarray(tracks.bbox(s.track_id), np.float32),
                 "thumbnail": thumbnail_uri(tracks, s.track_id),
             }
         )
@@ -147,6 +148,7 @@ def face_entries(
                 "p_fake": float(row.p_fake) if row.scored else None,
                 "confidence_interval": (float(row.ci_low), float(row.ci_high)) if row.scored else None,
                 "overall_class": str(row.verdict) if row.scored else None,
+                "bbox": tuple(round(float(v), 1) for v in row.bbox),
                 "thumbnail": str(row.thumbnail),
                 "windows": [
                     (int(w.window_id), float(w.start), float(w.end), float(w.p_fake))

@@ -151,11 +151,20 @@ class FaceTracks:
             for f, lm in zip(sub["frame_id"], sub["landmarks"], strict=True)
         }
 
+    def best_row(self, track_id: int) -> int:
+        """Position in `table` of the track's most confident face (the first on a tie)."""
+        rows = self.rows_of(track_id)
+        return int(rows[int(np.argmax(self.table["score"].to_numpy()[rows]))])
+
     def thumbnail(self, track_id: int, side: int = 64) -> np.ndarray:
         """The track's most confident face, `side` px square (RGB uint8)."""
-        rows = self.rows_of(track_id)
-        best = rows[int(np.argmax(self.table["score"].to_numpy()[rows]))]
-        return cv2.resize(self.crops[best], (side, side), interpolation=cv2.INTER_AREA)
+        crop = self.crops[self.best_row(track_id)]
+        return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+
+    def bbox(self, track_id: int) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) frame pixels of the track's most confident face (where the thumbnail is)."""
+        box = self.table["bbox"].iloc[self.best_row(track_id)]
+        return tuple(round(float(v), 1) for v in box)  # type: ignore[return-value]
 
 
 # -- appearance -----------------------------------------------------------------------------------

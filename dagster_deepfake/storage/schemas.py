@@ -226,6 +226,7 @@ TRACK_PREDICTIONS = _register(
         ("ci_high", _f64),
         ("p_fake_video_only", _f64),
         ("primary", _bool),
+        ("bbox", pa.list_(_f32)),
         ("thumbnail", _str),
     ],
 )

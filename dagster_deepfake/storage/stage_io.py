@@ -388,22 +388,27 @@ def prediction_table(video_id: str, scored: ScoredVideo, warnings: list[str]) ->
 # -- saliency -------------------------------------------------------------------------------------
 
 
-def persist_explanation(store: ArtifactStore, video_id: str, explanation: Explanation) -> None:
-    """Heat maps first, then explanation.json, which names them (old heat maps removed first)."""
+def persist_explanation(
+    store: ArtifactStore,
+    video_id: str,
+    explanation: Explanation,
+    track_rows: dict[int, list[dict]] | None = None,
+) -> None:
+    """Heat maps first, then explanation.json, which names them (old heat maps removed first).
+
+    With faces as tracks, `track_rows` (each track's heat-map rows) go to tracks.json before it.
+    """
     store.remove(layout.saliency_dir(video_id))
     for name, png in explanation.heat_maps.items():
         store.write_bytes(layout.saliency_rel(video_id, name), png)
+    if track_rows is not None:
+        payload = {str(t): r for t, r in sorted(track_rows.items())}
+        store.write_bytes(layout.track_explanations_rel(video_id), json.dumps(payload).encode())
     store.write_bytes(layout.explanation_rel(video_id), json.dumps(explanation.to_json_dict()).encode())
 
 
 def load_explanation(store: ArtifactStore, video_id: str) -> dict:
     return json.loads(store.read_bytes(layout.explanation_rel(video_id)))
-
-
-def persist_track_explanations(store: ArtifactStore, video_id: str, rows: dict[int, list[dict]]) -> None:
-    """Faces as tracks: each track's heat-map rows (after `persist_explanation`, which clears the folder)."""
-    payload = {str(t): r for t, r in sorted(rows.items())}
-    store.write_bytes(layout.track_explanations_rel(video_id), json.dumps(payload).encode())
 
 
 def load_face_entries(store: ArtifactStore, video_id: str) -> list[dict]:

@@ -401,6 +401,8 @@ def generate_clip(
     num_faces: int = 1,
     identity: int | None = None,
     manipulation: Manipulation | None = None,
+    manipulated_face: int = 0,
+    absent: tuple[int, float, float] | None = None,
     crf: int = 18,
     preset: str | None = None,
 ) -> SyntheticClip:
@@ -411,10 +413,18 @@ def generate_clip(
     person still talks, as in FaceForensics++ whose audio was stripped).
     identity: the face of face 0 (default: `seed`); a second face gets another identity.
     manipulation: None for a real clip, else "face_swap", "reenactment" or "lip_sync" (face 0).
+    manipulated_face: which face the manipulation touches (two-face compositions; faces are
+        numbered left to right; face 0 is the one whose voice is the audio track).
+    absent: (face, start, end): that face leaves the picture for [start, end) seconds and comes
+        back (a person walking out of the shot; its landmarks are NaN meanwhile).
     crf, preset: libx264 quality and speed; the default preset is "veryfast", or "superfast" from
     720p up (x264 dominates the time there: a 30 s 720p clip takes ~4 s instead of ~6.5 s).
     """
     _validate(duration, width, height, fps, audio, num_faces, manipulation)
+    if not 0 <= manipulated_face < max(num_faces, 1):
+        raise ValueError(f"manipulated_face must be a face index below {num_faces}, got {manipulated_face}")
+    if absent is not None and not 0 <= absent[0] < num_faces:
+        raise ValueError(f"absent names face {absent[0]}, but the clip has {num_faces}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     identity = seed if identity is None else int(identity)
@@ -428,13 +438,17 @@ def generate_clip(
     own_speech = speech_track(seed, duration) if audio != "silence" or driver_seed is not None else None
     track = own_speech if audio == "speech" else silent_track(duration)
     # What the person's mouth does: own speech, a foreign one (lip-sync/reenactment) or nothing.
-    if driver_seed is not None:
-        face0_mouth = mouth_envelope(speech_track(driver_seed, duration), n_frames, fps)
-    elif audio == "silence":
-        face0_mouth = np.zeros(n_frames, np.float32)
+    target = manipulated_face
+    driven_mouth = (
+        mouth_envelope(speech_track(driver_seed, duration), n_frames, fps)
+        if driver_seed is not None
+        else None
+    )
+    if audio == "silence":
+        speaker_mouth = np.zeros(n_frames, np.float32)
     else:
         assert own_speech is not None
-        face0_mouth = mouth_envelope(own_speech, n_frames, fps)
+        speaker_mouth = mouth_envelope(own_speech, n_frames, fps)
 
     faces: list[Identity] = []
     motions: list[HeadMotion] = []
@@ -443,21 +457,23 @@ def generate_clip(
     for f in range(num_faces):
         face = make_identity(identity if f == 0 else identity + 7919 * f)
         faces.append(face)
-        motion_seed = driver_seed if (f == 0 and manipulation == "reenactment") else seed * 8 + f
+        motion_seed = driver_seed if (f == target and manipulation == "reenactment") else seed * 8 + f
         motions.append(head_motion(motion_seed, n_frames, fps))
-        if f == 0:
-            mouths.append(face0_mouth)
+        if f == target and driven_mouth is not None:
+            mouths.append(driven_mouth)
+        elif f == 0:
+            mouths.append(speaker_mouth)
         elif audio == "silence":
             mouths.append(np.zeros(n_frames, np.float32))
         else:  # the second person talks too, on their own schedule
             mouths.append(mouth_envelope(speech_track(seed * 8 + f, duration), n_frames, fps))
         effect: _PatchEffect | None = None
-        if f == 0 and manipulation == "face_swap":
+        if f == target and manipulation == "face_swap":
             assert donor_identity is not None
             effect = _FaceSwap(face, make_identity(donor_identity), rng, n_frames)
-        elif f == 0 and manipulation == "reenactment":
+        elif f == target and manipulation == "reenactment":
             effect = _Reenactment(face, rng, n_frames, fps)
-        elif f == 0 and manipulation == "lip_sync":
+        elif f == target and manipulation == "lip_sync":
             effect = _LipSync(face, rng)
         effects.append(effect)
     slots = _slots(num_faces, width, height, faces[0].size) if faces else []
@@ -486,6 +502,9 @@ def generate_clip(
                 for i in range(n_frames):
                     frame = background[pan_y[i] : pan_y[i] + height, pan_x[i] : pan_x[i] + width].copy()
                     for f, face in enumerate(faces):
+                        if absent is not None and f == absent[0] and absent[1] <= i / fps < absent[2]:
+                            landmarks[i, f] = np.nan  # out of the picture
+                            continue
                         motion = motions[f]
                         mouth, closure = float(mouths[f][i]), float(motion.eye_closure[i])
                         patch = render_expression(face, mouth, closure)
@@ -529,4 +548,5 @@ def generate_clip(
         n_frames=n_frames,
         donor_identity=donor_identity,
         driver_seed=driver_seed,
+        extra={"manipulated_face": target} if num_faces > 1 and manipulation else {},
     )
