@@ -350,3 +350,22 @@ def test_the_demo_prints_where_each_report_is(tiny: Settings, db: ResultsDB, tmp
         and "no face found" in (tmp_path / "reports" / f"{failed}.html").read_text()
     )
     assert "late.mp4" in said and "is queued" in said and "/jobs/<video_id>/report" in said
+
+
+def test_a_large_frame_heat_map_is_inlined_as_a_smaller_jpeg(tiny: Settings) -> None:
+    from dagster_deepfake.casereport import _inline
+
+    store = ArtifactStore(tiny.platform.artifact_root)
+    job_id = "v_00000000000000fb"
+    noisy = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    store.write_bytes(layout.saliency_rel(job_id, "frame_000001_frame.png"), encode_png(noisy))
+    small = np.full((240, 320, 3), 90, np.uint8)
+    store.write_bytes(layout.saliency_rel(job_id, "frame_000001_face.png"), encode_png(small))
+    big = _inline(store, job_id, "frame_000001_frame.png")
+    assert big.startswith("data:image/jpeg;base64,")
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(big.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (540, 960)
+    assert _inline(store, job_id, "frame_000001_face.png").startswith("data:image/png;base64,")  # as stored
+    assert (
+        _inline(store, job_id, "frame_000002_face.png") is None and _inline(store, job_id, "../x.png") is None
+    )

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from dagster_deepfake.casereport import CaseReportError
@@ -58,6 +59,10 @@ def chromium_args(binary: str, profile: str) -> list[str]:
     ]
 
 
+# A browser is a few hundred MB: at most this many print at once in one process (the API's threads).
+_PRINTERS = threading.BoundedSemaphore(2)
+
+
 def html_to_pdf(html: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, chromium: str | None = None) -> bytes:
     """Print `html` to PDF bytes; raises ChromiumUnavailableError or PdfRenderError (one line each)."""
     binary = chromium or find_chromium()
@@ -65,6 +70,15 @@ def html_to_pdf(html: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, chromium
         raise ChromiumUnavailableError(
             f"PDF rendering needs Chromium, which is not installed (apt-get install chromium, or set ${CHROMIUM_ENV})"
         )
+    if not _PRINTERS.acquire(timeout=timeout):
+        raise PdfRenderError(f"other reports were still printing after {timeout:g} s; try again")
+    try:
+        return _print(html, binary, timeout)
+    finally:
+        _PRINTERS.release()
+
+
+def _print(html: str, binary: str, timeout: float) -> bytes:
     with tempfile.TemporaryDirectory(prefix="ddf-report-") as tmp:
         page, out = Path(tmp) / "report.html", Path(tmp) / "report.pdf"
         page.write_text(html, encoding="utf-8")
