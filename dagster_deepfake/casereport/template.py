@@ -140,7 +140,7 @@ TEMPLATE = """<!doctype html>
   title="{{ fmt(m.timestamp, 2) }} s, window P(fake) {{ fmt(m.confidence) }}"> {% endfor %}
   <span class="muted">this face's heat maps</span></td></tr>{% endif %}{% endfor %}</table>
 {% elif adds %}<p>One face analysed{% if adds.face_coverage is not none %}, found in {{ pct(adds.face_coverage) }} of the sampled frames{% endif %}
- {% if adds.skipped_frames and adds.skipped_frames.total %}; {{ adds.skipped_frames.total }} frames skipped
+ {%- if adds.skipped_frames and adds.skipped_frames.total %}; {{ adds.skipped_frames.total }} frames skipped
  ({% for k, v in adds.skipped_frames.by_reason.items() %}{{ k }}: {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %}.</p>{% endif %}
 
 <h2>Warnings</h2>
