@@ -1,21 +1,14 @@
 # dagster-deepfake: one image for the Dagster user-code server, the run workers, the daemon and
 # the webserver (the Helm chart runs its own webserver/daemon images; see docs/DEPLOY.md).
 #
-#   docker build -t dagster-deepfake:cpu .                                  # CPU wheels (~1.5 GB)
-#   docker build -t dagster-deepfake:cu126 --build-arg TORCH_VARIANT=cu126 .  # CUDA wheels
+#   docker build -t dagster-deepfake:0.1.0 .
 #
-# TORCH_VARIANT is a PyTorch wheel index (https://download.pytorch.org/whl/<variant>): `cpu`,
-# or a CUDA build such as `cu126`. CUDA wheels carry their own CUDA runtime; a GPU node only
-# needs the NVIDIA driver and the device plugin. torch and torchvision are installed as the
-# matching pair pinned in pyproject.toml (docs/ARCHITECTURE.md §6), before the project, from that index.
+# Packages come from requirements.lock, the same file `make setup` installs (docs/ARCHITECTURE.md §6):
+# pinned, hashed, nothing resolved at build time. Its torch 2.14.1 / torchvision 0.29.1 are PyPI's
+# Linux x86-64 wheels, a CUDA 13 build that carries its own CUDA runtime (nvidia-* wheels, ~5.5 GB):
+# a GPU node only needs the NVIDIA driver and the device plugin, and the same image runs on CPU nodes.
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim
-
-ARG TORCH_VARIANT=cpu
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
-# The K8s run launcher and the instance's storage are imported by every run worker.
-ARG DAGSTER_K8S_VERSION=0.29.27
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -32,15 +25,17 @@ RUN apt-get update \
       ffmpeg espeak-ng libgl1 libglib2.0-0 tini \
  && rm -rf /var/lib/apt/lists/*
 
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
-      "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-
 WORKDIR /opt/dagster/app
-# Dependencies first (cached while only the code changes): install from pyproject alone.
-COPY pyproject.toml README.md ./
-RUN mkdir -p dagster_deepfake && touch dagster_deepfake/__init__.py \
- && pip install . "dagster-k8s==${DAGSTER_K8S_VERSION}" \
- && pip uninstall -y dagster-deepfake && rm -rf dagster_deepfake build *.egg-info
+# Dependencies first (cached while only the code changes). pip installs the lock's pip and uv, uv the
+# rest, every file checked against the lock's sha256; the k8s extra (dagster-k8s, imported by
+# every run worker) is in the lock too.
+COPY requirements.lock pyproject.toml README.md ./
+COPY scripts/lock.py ./scripts/lock.py
+RUN python scripts/lock.py pick pip uv > /tmp/installers.txt \
+ && pip install --require-hashes --no-deps -r /tmp/installers.txt && rm /tmp/installers.txt \
+ && python scripts/lock.py check \
+ && uv pip install --system --no-cache --require-hashes --no-deps --build-constraints requirements.lock -r requirements.lock \
+ && pip check
 
 COPY dagster_deepfake ./dagster_deepfake
 COPY assets ./assets
@@ -51,7 +46,7 @@ COPY code_location ./code_location
 COPY commands ./commands
 COPY config ./config
 COPY workspace.yaml ./
-RUN pip install --no-deps . && python -c "import code_location.definitions, launchers.prefork"
+RUN pip install --no-deps --no-build-isolation . && pip check && python -c "import code_location.definitions, launchers.prefork"
 
 RUN useradd --create-home --uid 10001 dagster \
  && mkdir -p "$DAGSTER_HOME" /opt/dagster/data \

@@ -5,7 +5,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= /tmp
 
-.PHONY: setup demo test dagit lint fmt bench audit stop clean
+.PHONY: setup demo test dagit lint fmt bench audit lock stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +42,12 @@ audit: setup
 	@reqs=$$(mktemp); $(BIN)/pip list --format=freeze --exclude-editable > $$reqs; \
 	  $(BIN)/pip-audit --vulnerability-service pypi --strict --no-deps --disable-pip -r $$reqs --progress-spinner off; \
 	  rc=$$?; rm -f $$reqs; exit $$rc
+
+# requirements.lock from pyproject.toml, from PyPI, with hashes (docs/ARCHITECTURE.md §6): pins
+# already there are kept; UPGRADE=1 moves every package to its newest allowed release. Needs uv
+# (`make setup` installs it from the lock); no setup dependency, so a stale lock can be fixed.
+lock:
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) scripts/lock.py compile
 
 stop:
 	-$(BIN)/dagster-deepfake stop

