@@ -28,13 +28,14 @@ RUN apt-get update \
 WORKDIR /opt/dagster/app
 # Dependencies first (cached while only the code changes). pip installs the lock's pip and uv, uv the
 # rest, every file checked against the lock's sha256; the k8s extra (dagster-k8s, imported by
-# every run worker) is in the lock too.
+# every run worker) is in the lock too. Bytecode is compiled here, once: the image runs with
+# PYTHONDONTWRITEBYTECODE, so otherwise every container start would compile torch's modules again.
 COPY requirements.lock pyproject.toml README.md ./
 COPY scripts/lock.py ./scripts/lock.py
 RUN python scripts/lock.py pick pip uv > /tmp/installers.txt \
  && pip install --require-hashes --no-deps -r /tmp/installers.txt && rm /tmp/installers.txt \
  && python scripts/lock.py check \
- && uv pip install --system --no-cache --require-hashes --no-deps --build-constraints requirements.lock -r requirements.lock \
+ && uv pip install --system --no-cache --compile-bytecode --require-hashes --no-deps --build-constraints requirements.lock -r requirements.lock \
  && pip check
 
 COPY dagster_deepfake ./dagster_deepfake
