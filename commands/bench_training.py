@@ -80,12 +80,38 @@ def contract_training_setup(seed: int = 0, device: str = "cpu", model_config: st
     return model, optimizer, build_scheduler(optimizer, training, plan), trainable
 
 
+def step_flops(model: Any, clips: Any) -> dict[str, float]:
+    """TFLOP of one training step: the forward counted by torch's FlopCounterMode, plus the usual
+    2 × forward for the backward of everything that gets gradients (all but wav2vec2's frozen CNN,
+    projection, positional conv and first `freeze_encoder_blocks` layers, which autograd skips).
+    The backward itself is not counted because FlopCounterMode ignores `groups` in
+    convolution_backward: it put 418 GFLOP on EfficientNet-B3's backward for 5 faces whose
+    forward is 9.6 GFLOP (its depthwise convolutions have groups = channels)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frozen_blocks = model.config.audio.freeze_encoder_blocks
+    w2v = "DeepfakeDetector.audio_encoder.wav2vec2."
+    frozen = [w2v + "feature_extractor", w2v + "feature_projection", w2v + "encoder.pos_conv_embed"]
+    frozen += [f"{w2v}encoder.layers.{i}" for i in range(frozen_blocks)]
+    was_training = model.training
+    model.eval()  # no dropout/layerdrop: the count is of the full network
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(clips.faces, clips.flow, clips.frame_mask, clips.waveform, clips.speech_mask)
+    model.train(was_training)
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    forward = counts["Global"]
+    no_backward = sum(counts.get(name, 0) for name in frozen)
+    return {
+        "forward_tflop": round(forward / 1e12, 4),
+        "tflop_per_step": round((forward + 2 * (forward - no_backward)) / 1e12, 4),
+    }
+
+
 def measure(
     batch: int, steps: int, device: str = "cpu", bf16: bool = False, flops: bool = True
 ) -> dict[str, Any]:
-    """Median seconds per `train_step` (after one warm-up step), peak memory, and the floating-point
-    work of one more step (forward + backward, counted by torch's FlopCounterMode: what a GPU
-    estimate can be computed from), in this process."""
+    """Median seconds per `train_step` (after one warm-up step), peak memory and the floating-point
+    work of a step (`step_flops`: what a GPU estimate can be computed from), in this process."""
     from dagster_deepfake.config import TrainingConfig
     from dagster_deepfake.training.loop import grad_scaler, train_step
 
@@ -135,11 +161,7 @@ def measure(
     if cuda:
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
-            step()
-        out["tflop_per_step"] = round(counter.get_total_flops() / 1e12, 4)
+        out.update(step_flops(model, clips))
     return out
 
 
@@ -179,7 +201,13 @@ def run_training_bench(
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     measured = {r["batch"]: r for r in rows}
     memory_key = "peak_gpu_mb" if device.startswith("cuda") else "peak_rss_mb"
-    keys = {"step_s": "step_s", "cpu_s": "cpu_s", "peak_mb": memory_key, "tflop_per_step": "tflop_per_step"}
+    keys = {
+        "step_s": "step_s",
+        "cpu_s": "cpu_s",
+        "peak_mb": memory_key,
+        "tflop_per_step": "tflop_per_step",
+        "forward_tflop": "forward_tflop",
+    }
     if target in measured:
         at_target: dict[str, Any] = {k: measured[target].get(v) for k, v in keys.items()} | {
             "how": "measured"
@@ -203,6 +231,73 @@ def run_training_bench(
         (out_dir / "bench_training.json").write_text(json.dumps(report, indent=2))
         (out_dir / "bench_training.md").write_text(markdown(report))
     return report
+
+
+# What a FaceForensics++-sized run is, for `ffpp_estimate` (each an assumption, stated in the output).
+FFPP_TRAIN_VIDEOS = 3600  # c23 official train split: 720 originals + 4 methods × 720
+FFPP_VIDEOS = (
+    6000  # everything cached: 1000 originals + Deepfakes, Face2Face, FaceSwap, NeuralTextures, FaceShifter
+)
+FFPP_SECONDS = 17.0  # 509,914 frames of 1000 originals (the FF++ paper) at ~30 FPS
+CROP_BYTES = 224 * 224 * 3  # one aligned face in crops.npy (uint8)
+# One sampled 720p frame as the lossless PNG the frames asset keeps: measured 0.83 and 0.99 MB on
+# ../shared/media/ffpp_c23_{real_004,neuraltextures_004_982}.mp4 (62 frames each).
+FRAME_PNG_BYTES = 0.9e6
+# Feature extraction (frames + faces + flow) per second of 720p video on the 2-core build machine:
+# 4.48 + 0.34 s for a 30 s clip (README, Performance); the backfill runs it once per video.
+EXTRACT_S_PER_VIDEO_S = (4.48 + 0.34) / 30
+CELEBDF_VAL_VIDEOS = 518  # Celeb-DF v2's test list, the contract's validation set (~13 s each)
+CELEBDF_SECONDS = 13.0
+
+
+def ffpp_estimate(
+    report: dict[str, Any], *, gpus: tuple[int, ...] = (1, 4, 8), sustained_tflops: float = 40.0
+) -> list[str]:
+    """GPU hours and cache disk of a FF++ c23 run (20 epochs, batch 32) from the counted FLOPs.
+
+    Work: the training steps, plus one validation pass per epoch over every face of Celeb-DF v2's
+    518 videos (forward only, at the measured forward cost per face). `sustained_tflops`: what one
+    GPU sustains on this model in AMP; 40 is ~13 % of an A100's bf16 peak (312), a usual share for
+    depthwise-convolution networks. Scaling over GPUs is taken as 90 % efficient; data loading
+    (24 MB of crops per step) is assumed to keep up."""
+    from dagster_deepfake.config import DataConfig, TrainingConfig
+    from dagster_deepfake.training.loop import plan_training
+
+    training = TrainingConfig()
+    plan = plan_training(FFPP_TRAIN_VIDEOS, training)
+    tflop = report["at_target"]["tflop_per_step"]
+    frames = FFPP_SECONDS * DataConfig().frame_rate
+    per_face = report["at_target"]["forward_tflop"] / (report["target_batch"] * report["frames"])
+    val = training.epochs * CELEBDF_VAL_VIDEOS * CELEBDF_SECONDS * DataConfig().frame_rate * per_face
+    work = plan.total_steps * tflop + val
+    lines = [
+        f"FaceForensics++ c23 ({FFPP_TRAIN_VIDEOS} training videos, {training.epochs} epochs at batch "
+        f"{plan.batch_size}: {plan.total_steps} steps of {report['target_batch']} × {report['frames']} frames, "
+        f"{tflop:.2f} TFLOP each, {plan.total_steps * tflop:.0f} TFLOP) + {training.epochs} validation passes "
+        f"over Celeb-DF v2's {CELEBDF_VAL_VIDEOS} videos ({val:.0f} TFLOP):",
+    ]
+    for n in gpus:
+        hours = work / (sustained_tflops * n * (0.9 if n > 1 else 1.0)) / 3600
+        lines.append(
+            f"- {n} GPU{'s' if n > 1 else ''} sustaining {sustained_tflops:.0f} TFLOPS each: {hours * 60:.1f} min"
+        )
+    cpu_h = plan.total_steps * report["at_target"]["cpu_s"] / 3600
+    lines.append(f"- this CPU: {cpu_h:.0f} CPU-core hours ({cpu_h / 2:.0f} h on 2 cores)")
+    crops = FFPP_VIDEOS * frames * CROP_BYTES / 1e9
+    pngs = FFPP_VIDEOS * frames * FRAME_PNG_BYTES / 1e9
+    lines.append(
+        f"- feature cache for all {FFPP_VIDEOS} videos (~{frames:.0f} faces each at "
+        f"{DataConfig().frame_rate:g} FPS): {crops:.0f} GB of face crops (what training reads) + "
+        f"{pngs:.0f} GB of 720p frame PNGs"
+    )
+    extract_h = (FFPP_VIDEOS + CELEBDF_VAL_VIDEOS) * FFPP_SECONDS * EXTRACT_S_PER_VIDEO_S / 3600
+    lines.append(
+        f"- feature extraction once (backfill, CPU): ~{extract_h:.1f} h on 2 cores, less on more workers"
+    )
+    lines.append(
+        "Training clips are `clip_frames` = 10 (two windows) by default: about twice the work per step."
+    )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -229,6 +324,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']['threads']} threads, {report['machine']['platform']}; wall time depends on "
         "what else shares the machine, CPU seconds much less."
     )
+    if report["at_target"].get("tflop_per_step"):
+        lines += ["", *ffpp_estimate(report)]
     return "\n".join(lines) + "\n"
 
 
