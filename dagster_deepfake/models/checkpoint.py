@@ -8,7 +8,9 @@ state honestly which model produced it.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -178,17 +180,23 @@ def build_untrained(
     return model, manifest
 
 
+MODEL_CACHE_SIZE_ENV = "DAGSTER_DEEPFAKE_MODEL_CACHE_SIZE"
+
+
 class ModelStore:
-    """Loads each checkpoint once per process (thread-safe).
+    """Loads each checkpoint once per process (thread-safe), keeping the `max_models` used last.
 
     Keyed by resolved path, the manifest's modification time (a re-trained checkpoint written
-    to the same folder is picked up) and the device.
+    to the same folder is picked up) and the device. Bounded because a long-lived process (a
+    Celery worker, launchers/celery_worker.py) sees every checkpoint training publishes: the
+    least recently used model is dropped (`DAGSTER_DEEPFAKE_MODEL_CACHE_SIZE`, default 4).
 
     `get(None, config_name=...)` returns a cached untrained model of that config instead.
     """
 
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], tuple[DeepfakeDetector, CheckpointManifest]] = {}
+    def __init__(self, max_models: int | None = None) -> None:
+        self.max_models = max(1, max_models or int(os.environ.get(MODEL_CACHE_SIZE_ENV, "4")))
+        self._cache: OrderedDict[tuple[str, str], tuple[DeepfakeDetector, CheckpointManifest]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(
@@ -211,7 +219,13 @@ class ModelStore:
                 else:
                     model, manifest = build_untrained(config_name)
                     self._cache[key] = (model.to(map_location), manifest)
+                while len(self._cache) > self.max_models:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
             return self._cache[key]
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def clear(self) -> None:
         with self._lock:

@@ -1,0 +1,100 @@
+"""The pieces of Celery execution without a fleet: queue routing by pool, the worker's bounded
+model cache, the project's Redis keeping queued messages over a restart, and one config file
+that the executor and the workers read alike (docs/DEPLOY.md, "Celery workers")."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from code_location.celery import DEFAULT_CELERY_CONFIG, celery_executor_def, load_celery_config
+from dagster_deepfake.broker import ping, redis_pid, start_redis, stop_redis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_gpu_pool_steps_go_to_the_gpu_queue_and_the_rest_to_cpu(monkeypatch):
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.execution.retries import RetryMode
+
+    from code_location.celery import defs
+    from launchers.celery_executor import RoutedCeleryExecutor
+
+    for name in ("DAGSTER_CELERY_BROKER_URL", "DAGSTER_CELERY_BACKEND_URL"):
+        monkeypatch.setenv(name, "redis://127.0.0.1:6379/0")  # the executor's config names them
+    routing = load_celery_config()["routing"]
+    executor = RoutedCeleryExecutor(retries=RetryMode(RetryMode.DISABLED), **routing)
+    job = defs.resolve_job_def("analyze_video")
+    assert job.executor_def.name == "celery"
+    plan = create_execution_plan(job, run_config={})
+    queues = {step.key: executor.queue_for(step) for step in plan.get_all_steps_in_topo_order()}
+    pools = {step.key: step.pool for step in plan.get_all_steps_in_topo_order()}
+    assert {k for k, q in queues.items() if q == "gpu"} == {k for k, p in pools.items() if p == "gpu"}
+    assert {"audio_embeddings", "predictions", "saliency"} <= {k for k, q in queues.items() if q == "gpu"}
+    assert {"raw_video", "frames", "aligned_faces", "optical_flow", "audio", "report"} <= {
+        k for k, q in queues.items() if q == "cpu"
+    }
+    train = defs.resolve_job_def("train_calibrate_evaluate")
+    train_plan = create_execution_plan(train, run_config={})
+    assert executor.queue_for(train_plan.get_step_by_key("trained_model")) == "gpu"
+
+
+def test_executor_and_workers_read_one_file(monkeypatch):
+    from dagster_celery.cli import get_validated_config
+
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "redis://broker.example:6379/0")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://broker.example:6379/1")
+    worker = get_validated_config(str(DEFAULT_CELERY_CONFIG))  # what `dagster-celery worker start -y` writes
+    assert worker["broker"] == "redis://broker.example:6379/0"
+    source = worker["config_source"]
+    assert source["task_acks_late"] and source["task_reject_on_worker_lost"]
+    assert source["worker_prefetch_multiplier"] == 1
+    executor = celery_executor_def()
+    assert executor.name == "celery"
+
+
+def test_the_worker_model_cache_is_bounded_and_follows_a_republished_checkpoint(tmp_path: Path):
+    from dagster_deepfake.models.checkpoint import ModelStore, build_untrained, save_checkpoint
+
+    store = ModelStore(max_models=1)
+    folders = []
+    for name in ("a", "b"):
+        model, manifest = build_untrained("tiny")
+        save_checkpoint(tmp_path / name, model, manifest)
+        folders.append(tmp_path / name)
+    first, _ = store.get(folders[0])
+    assert store.get(folders[0])[0] is first  # loaded once
+    store.get(folders[1])
+    assert len(store) == 1  # the least recently used one was dropped
+    assert store.get(folders[0])[0] is not first  # and is loaded again when asked for
+    again, _ = store.get(folders[0])
+    time.sleep(0.01)
+    os.utime(folders[0] / "manifest.json")  # training publishes a new checkpoint in place
+    assert store.get(folders[0])[0] is not again
+
+
+@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server not installed")
+def test_the_project_redis_keeps_queued_messages_over_a_restart(tmp_path: Path):
+    import redis
+
+    port = _free_port()
+    url = start_redis(tmp_path / "redis", port)
+    try:
+        assert start_redis(tmp_path / "redis", port) == url  # a running one is reused
+        redis.Redis.from_url(url).lpush("cpu", b"task-1", b"task-2")
+        pid = redis_pid(tmp_path / "redis")
+        assert stop_redis(tmp_path / "redis") and not ping(url)
+        start_redis(tmp_path / "redis", port)
+        assert redis_pid(tmp_path / "redis") != pid
+        assert redis.Redis.from_url(url).lrange("cpu", 0, -1) == [b"task-2", b"task-1"]
+    finally:
+        stop_redis(tmp_path / "redis")
+    assert not stop_redis(tmp_path / "redis")
