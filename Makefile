@@ -21,6 +21,10 @@ dagit: setup
 	$(BIN)/dagster-deepfake db-url >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# A local Celery fleet (docs/DEPLOY.md, "Celery workers"): Redis, two workers, daemon, webserver.
+cluster: setup
+	$(BIN)/dagster-deepfake cluster
+
 bench: setup
 	$(BIN)/dagster-deepfake bench --out bench-out
 
@@ -53,4 +57,4 @@ stop:
 	-$(BIN)/dagster-deepfake stop
 
 clean: stop
-	rm -rf .artifacts .bucket .pgdata .dagster_home .models .demo-data .pytest_cache
+	rm -rf .artifacts .bucket .pgdata .dagster_home .models .demo-data .pytest_cache .cluster

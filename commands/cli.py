@@ -211,7 +211,19 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         print("no embedded PostgreSQL is running")
     else:
         print(f"stopped PostgreSQL in {p.postgres_data_dir}")
+    from dagster_deepfake.broker import stop_redis
+
+    if stop_redis(".cluster/redis"):
+        print("stopped Redis in .cluster/redis")
     return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from commands.cluster import run_cluster
+
+    return run_cluster(args.config, Path(args.dir).resolve(), args.port, args.broker_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,8 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-password", action="store_true")
     p.set_defaults(func=_cmd_db_url)
 
-    p = sub.add_parser("stop", help="stop the embedded PostgreSQL server")
+    p = sub.add_parser("stop", help="stop the embedded PostgreSQL server (and the cluster's Redis)")
     p.set_defaults(func=_cmd_stop)
+
+    p = sub.add_parser(
+        "cluster", help="a local Celery fleet: Redis, two workers, daemon and webserver (docs/DEPLOY.md)"
+    )
+    p.add_argument("--dir", default=".cluster", help="its Redis data, homes and logs (default .cluster)")
+    p.add_argument("--port", type=int, default=3000, help="webserver port")
+    p.add_argument("--broker-port", type=int, default=6379, help="Redis port on 127.0.0.1")
+    p.set_defaults(func=_cmd_cluster)
     return parser
 
 
