@@ -71,6 +71,25 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
 {% else %}<div class="status">Status: {{ status }}</div>{% if reason %}<p>{{ reason }}</p>{% endif %}{% endif %}
 </div>
 
+{% if faces %}<h2>Faces ({{ faces | length }})</h2>
+<div class="card"><table class="faces">
+<tr class="muted"><td></td><td>face</td><td>seen</td><td>P(fake)</td><td>interval</td><td>verdict</td><td>heat maps</td></tr>
+{% for f in faces %}<tr{% if f.primary %} style="font-weight:600"{% endif %}>
+ <td><img src="{{ f.thumbnail }}" alt="face {{ f.track_id }}" width="56" height="56"></td>
+ <td>#{{ f.track_id }}{% if f.primary %}<br><span class="muted">the verdict</span>{% endif %}</td>
+ <td>{{ fmt(f.first_timestamp, 1) }}–{{ fmt(f.last_timestamp, 1) }} s<br><span class="muted">{{ f.frames }} frames</span></td>
+ {% if f.scored %}<td class="{{ f.overall_class }}">{{ fmt(f.p_fake) }}</td>
+ <td>{{ fmt(f.confidence_interval[0]) }} – {{ fmt(f.confidence_interval[1]) }}</td>
+ <td class="{{ f.overall_class }}">{{ f.overall_class | upper }}</td>
+ <td>{% for m in f.maps %}<img src="{{ m.src }}" alt="heat map of frame {{ m.frame_id }}" width="40" height="40"
+   title="frame {{ m.frame_id }} · {{ fmt(m.timestamp, 2) }} s · P(fake) {{ fmt(m.confidence) }}"> {% endfor %}</td>
+ {% else %}<td colspan="4" class="muted">not scored: {{ f.reason }}</td>{% endif %}
+</tr>{% endfor %}
+</table>
+<div class="muted">faces as tracks (data.faces.max_faces &gt; 1): each face is scored on its own; the video's verdict,
+ timeline and heat maps below are those of its most suspicious face</div></div>
+{% endif %}
+
 <h2>Timeline: P(fake) per window</h2>
 <div class="card">{% if timeline %}
 <svg viewBox="0 0 {{ timeline.width }} {{ timeline.height }}" width="100%" role="img"
@@ -243,6 +262,20 @@ def _banners(doc: ResultDocument | None) -> list[str]:
     return banners
 
 
+def _faces(ctx: ApiContext, job_id: str, doc: ResultDocument | None) -> list[dict[str, Any]]:
+    """One row per face track (faces as tracks), heat maps inlined; empty under the one-face rule."""
+    tracks = doc.additions.faces if doc and doc.additions else None
+    rows = []
+    for face in tracks or []:
+        maps = [
+            {"src": src, "frame_id": f.frame_id, "timestamp": f.timestamp, "confidence": f.confidence}
+            for f in face.anomalous_frames
+            if (src := _heat_map_src(ctx, job_id, f.saliency_url))
+        ]
+        rows.append({**face.model_dump(exclude={"windows", "anomalous_frames"}), "maps": maps})
+    return rows
+
+
 def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | None) -> str:
     """The HTML page of one job: status while pending, the full report once completed."""
     doc = _result_document(row) if row["status"] == "completed" else None
@@ -282,6 +315,7 @@ def render_view(ctx: ApiContext, row: dict[str, Any], video: dict[str, Any] | No
         features_only=_is_features_only(row),
         timeline=_timeline(doc, ctx.settings.model.classification.threshold, frames) if doc else None,
         maps=maps,
+        faces=_faces(ctx, job_id, doc),
         fmt=_fmt,
         pct=_pct,
     )
