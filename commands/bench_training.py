@@ -63,7 +63,9 @@ def synthetic_batch(
     return ClipCollator.for_model(model)(clips)
 
 
-def contract_training_setup(seed: int = 0, device: str = "cpu", model_config: str = "contract"):
+def contract_training_setup(
+    seed: int = 0, device: str = "cpu", model_config: str = "contract", total_steps: int = 1000
+):
     """(model, optimizer, scheduler, trainable) exactly as `train_detector` builds them, random init."""
     from dagster_deepfake.config import TrainingConfig
     from dagster_deepfake.models.configuration import resolve_model_config
@@ -76,7 +78,7 @@ def contract_training_setup(seed: int = 0, device: str = "cpu", model_config: st
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, training)
-    plan = plan_training(10_000, training, max_steps=1000)
+    plan = plan_training(10_000, training, max_steps=total_steps)
     return model, optimizer, build_scheduler(optimizer, training, plan), trainable
 
 

@@ -21,8 +21,9 @@ import timm
 import torch
 from pydantic import BaseModel
 from torch import nn
+from transformers import HubertModel, Wav2Vec2Model
 
-from .audio import SpeechEncoder, apply_freeze_policy, encoder_class
+from .audio import SpeechEncoder, apply_freeze_policy, encoder_family
 from .configuration import AudioModelConfig, DetectorConfig, VideoModelConfig
 from .detector import DeepfakeDetector
 from .weights_store import Branch, WeightsProvenance, find_imported
@@ -94,7 +95,7 @@ def load_wav2vec2(
     `config.source` is `model.audio.encoder` resolved: a local folder as is, `wav2vec2-base`
     as `facebook/wav2vec2-base`, `hubert-base` as `facebook/hubert-base-ls960`."""
     source = config.source
-    model_class = encoder_class(config)
+    model_class = HubertModel if encoder_family(config) == "hubert" else Wav2Vec2Model
     try:
         return model_class.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
