@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from dagster_deepfake.faces.align import face_ellipse_mask
 
@@ -264,6 +263,9 @@ def link_tracks(
                     gain[r, c] = similarity  # re-identified by appearance alone
         matched: set[int] = set()
         if open_tracks:
+            # Imported here: scipy.optimize costs ~1 s at import and one-face videos never match tracks.
+            from scipy.optimize import linear_sum_assignment
+
             rows, cols = linear_sum_assignment(np.where(np.isfinite(gain), -gain, 1e6))
             for r, c in zip(rows, cols, strict=True):
                 if np.isfinite(gain[r, c]):
