@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,7 +176,7 @@ def run_cluster(config_path: str | None, root: Path, port: int, broker_port: int
     print(f"broker     {broker}   (data in {root / 'redis'})")
     print(f"results    {make_url(results_url).render_as_string(hide_password=True)}   (+ database `dagster`)")
     for w in workers:
-        print(f"worker     celery@{w.name}   pid {w.proc.pid}, log {w.log}")
+        print(f"worker     {w.name}@{socket.gethostname()}   pid {w.proc.pid}, log {w.log}")
     print(f"daemon     log {root / 'daemon.log'}")
     print(f"webserver  http://127.0.0.1:{port}   (a run's log names the worker of each step)")
     print(f"uploads    drop videos into {p.upload_uri}")
@@ -186,6 +187,11 @@ def run_cluster(config_path: str | None, root: Path, port: int, broker_port: int
         )
     print("Ctrl-C stops the workers, the daemon and the webserver (`dagster-deepfake stop` the databases)")
     procs = [daemon, web, *(w.proc for w in workers)]
+
+    def _interrupt(*_):  # SIGTERM (a supervisor, `timeout`) stops the fleet like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while all(proc.poll() is None for proc in procs):
             time.sleep(1)
