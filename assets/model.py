@@ -82,9 +82,9 @@ def predictions(
     device = torch_device.torch_device()
     members, warnings = model_store.load(device)
     embeddings = stage_io.load_audio_embeddings(store, video_id, len(members))
-    if (
-        s.data.faces.max_faces > 1
-    ):  # faces as tracks: every scorable track; the verdict is the most suspicious
+    face_tracks: dict[str, float] = {}
+    # Faces as tracks: every scorable track; the verdict is the most suspicious.
+    if s.data.faces.max_faces > 1:
         tracks = stage_io.load_face_tracks(store, video_id, s.data.faces.tracking.min_frames)
         flows = stage_io.load_track_flow(store, video_id)
         by_track = {
@@ -101,6 +101,9 @@ def predictions(
             track_window_table(video_id, by_track),
         )
         scored = by_track[primary]
+        face_tracks = {
+            f"face {t}" + (" (verdict)" if t == primary else ""): v.p_fake for t, v in by_track.items()
+        }
     else:
         faces = stage_io.load_face_crops(store, video_id)
         flow = stage_io.load_flow_features(store, video_id)
@@ -130,6 +133,7 @@ def predictions(
             "modalities": ", ".join(scored.modalities),
             "windows": len(scored.window_probs),
             "precision": scored.precision,
+            "face_tracks": dg.MetadataValue.json(face_tracks or "off (data.faces.max_faces: 1)"),
             "summary": dg.MetadataValue.md(
                 weights_banner + f"Verdict **{scored.verdict}**, P(fake) = {scored.p_fake:.3f} "
                 f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}]\n\n"
