@@ -22,6 +22,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from dagster_deepfake.config import load_settings
 
     settings = load_settings(args.config)
+    if args.max_faces is not None:  # faces as tracks (docs/CONFIG.md)
+        settings.data.faces.max_faces = args.max_faces
     started = time.perf_counter()
     result = analyze_file(args.video, settings, model_config=args.model, out_dir=args.out)
     if args.timings:  # the whole wall (issue 20): start-up before the first stage, the rest after
@@ -249,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the Grad-CAM heat maps go (DIR/<video_id>/; default: heat-maps/ beside the video)",
     )
     p.add_argument("--model", default=None, help="model registry config (default: model.registry_config)")
+    p.add_argument(
+        "--max-faces",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data.faces.max_faces: above 1, every face is tracked and scored (default: the config's, 1)",
+    )
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(
