@@ -213,6 +213,7 @@ def test_cross_dataset_matrix_and_report_header() -> None:
     assert "| A | 8 (4/4) |" in report and "FAIL (> 0.85)" in report
     assert "## Per manipulation method" in report and "| A | lip_sync | 2 | 0.125" in report
     assert "## Cross-dataset video AUC" in report
+    assert "**Small test set A: 4 real / 4 fake videos.**" in report
 
 
 def test_evaluation_lands_in_postgres_and_parquet(db, tmp_path: Path) -> None:

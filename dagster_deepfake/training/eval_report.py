@@ -21,6 +21,9 @@ from dagster_deepfake.storage.postgres import ResultsDB
 from dagster_deepfake.training.evaluate import EvaluationResult
 from dagster_deepfake.training.metrics import Interval
 
+#: Below this many videos of either class the report warns that the intervals are unreliable.
+SMALL_SET = 30
+
 
 def _num(value: object, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and value != value) else f"{value:.{digits}f}"
@@ -164,6 +167,14 @@ def render_report(results: Sequence[EvaluationResult], title: str | None = None)
         "",
         results_table(results),
     ]
+    small = [r for r in results if min(r.metrics.n_real, r.metrics.n_fake) < SMALL_SET]
+    for r in small:
+        lines += [
+            "",
+            f"**Small test set {r.test_set}: {r.metrics.n_real} real / {r.metrics.n_fake} fake videos.** "
+            f"A bootstrap over fewer than {SMALL_SET} videos per class understates the uncertainty "
+            "(a perfect separation resamples to [1.000, 1.000]); read its intervals as a lower bound.",
+        ]
     if any(len(r.per_method) for r in results):
         lines += ["", "## Per manipulation method (its fakes against all reals of the set)", ""]
         lines.append(per_method_table(results))
