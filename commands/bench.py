@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -81,14 +80,34 @@ def build_bench_ensemble(model_dir: Path, model_config: str, size: int) -> None:
         del model
 
 
-def run_one(path: Path, settings: Settings) -> dict[str, Any]:
-    """The whole pipeline on one clip in this process, stage by stage (called in a child process)."""
+def run_one(path: Path, settings: Settings, *, warm: bool = False) -> dict[str, Any]:
+    """The whole pipeline on one clip in this process, stage by stage (called in a child process).
+
+    `warm`: analyse the clip a second time in the same process (the model's cold vs warm time:
+    oneDNN builds its kernels on the first pass) and, where the default precision is reduced
+    (bf16 on a CPU with native bf16, AMP on CUDA), a third time in fp32 for |ΔP(fake)|.
+    """
     from dagster_deepfake.analyze import analyze_file
     from dagster_deepfake.storage import layout
     from dagster_deepfake.storage.artifacts import ArtifactStore
 
     with tempfile.TemporaryDirectory() as tmp:
         result = analyze_file(path, settings, out_dir=tmp)
+        extra: dict[str, Any] = {}
+        if warm:
+            again = analyze_file(path, settings, out_dir=tmp)
+            extra["warm_timings"] = dict(again.timings)
+            if again.document["additions"]["precision"] != "fp32":
+                from dagster_deepfake.models import inference
+
+                reduced = inference.default_bf16
+                inference.default_bf16 = lambda device: False  # this child only: the fp32 reference
+                try:
+                    fp32 = analyze_file(path, settings, out_dir=tmp)
+                finally:
+                    inference.default_bf16 = reduced
+                extra["fp32_model_s"] = fp32.timings.get("model")
+                extra["p_fake_fp32"] = fp32.document["prediction"]["manipulation_confidence"]
         timings = dict(result.timings)
         doc = result.document
         # Storage is a Dagster-path stage: time writing the biggest artifact the same way.
@@ -106,6 +125,7 @@ def run_one(path: Path, settings: Settings) -> dict[str, Any]:
         "weights": doc["additions"]["weights"],
         "precision": doc["additions"]["precision"],
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        **extra,
     }
 
 
@@ -123,10 +143,45 @@ def run_batch(paths: list[Path], settings: Settings) -> dict[str, Any]:
 
 
 def _child(args: list[str]) -> dict[str, Any]:
+    start = time.perf_counter()
     child = subprocess.run([sys.executable, "-m", "commands.bench", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
     if child.returncode != 0:
         raise RuntimeError(f"bench child {args} failed: {child.stderr.strip().splitlines()[-1:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    measured["process_wall_s"] = round(wall, 3)  # what a user waits: start-up and exit included
+    return measured
+
+
+def cli_wall(clip: Path, model_config: str, model_dir: Path, device: str | None = None) -> dict[str, Any]:
+    """`dagster-deepfake analyze CLIP --json` exactly as a user runs it: wall seconds, start-up included."""
+    env = {**os.environ, "DAGSTER_DEEPFAKE_MODEL_DIR": str(model_dir)}
+    if device:
+        env["DAGSTER_DEEPFAKE_DEVICE"] = device
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "commands.cli",
+                "analyze",
+                str(clip),
+                "--json",
+                "--model",
+                model_config,
+                "--out",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"analyze {clip} failed: {done.stderr.strip().splitlines()[-1:]}")
+    doc = json.loads(done.stdout)
+    return {"clip": clip.name, "wall_s": round(wall, 2), "precision": doc["additions"]["precision"]}
 
 
 def _clip(out_dir: Path, res: str, duration: float, seed: int | None = None) -> Path:
@@ -153,7 +208,35 @@ def _row(clip: Path, res: str, duration: float, measured: dict[str, Any], floor:
         "decode_floor_s": round(floor, 3),
         "x_floor": round(total / floor, 2),
         "frames_per_s": round(measured["frames"] / total, 2),
+        # the fresh process's wall minus its stages: interpreter, imports, set-up and exit
+        "startup_s": round(measured["process_wall_s"] - total, 3) if "process_wall_s" in measured else None,
     }
+
+
+def _target(resolutions: list[str], durations: list[float]) -> tuple[str, float]:
+    """The issue's clip (30 s 720p); a reduced run takes its first clip instead."""
+    return ("720p", 30.0) if "720p" in resolutions and 30.0 in durations else (resolutions[0], durations[0])
+
+
+def _table_rows(
+    out_dir: Path, resolutions: list[str], durations: list[float], common: list[str], frame_rate: float
+) -> list[dict[str, Any]]:
+    rows = []
+    target = _target(resolutions, durations)
+    for res in resolutions:
+        for duration in durations:
+            clip = _clip(out_dir, res, duration)
+            floor = decode_floor(clip, frame_rate)
+            warm = ["--warm"] if (res, duration) == target else []
+            row = _row(clip, res, duration, _child(["--one", str(clip), *common, *warm]), floor)
+            rows.append(row)
+            print(
+                f"{clip.name}: stages {row['total_s']:.2f}s + start-up {row['startup_s']:.2f}s "
+                f"({row['x_realtime']:.2f}x real time, {row['x_floor']:.1f}x decode floor), "
+                f"peak {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    return rows
 
 
 def run_bench(
@@ -163,8 +246,11 @@ def run_bench(
     resolutions: list[str],
     model_config: str,
     ensemble_size: int = 5,
-    throughput_clips: int = 20,
+    throughput_clips: int = 40,
+    per_video_clips: int = 10,
 ) -> dict[str, Any]:
+    from commands.bench_machine import machine_info
+
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = load_settings()
     model_dir = out_dir / "models"
@@ -173,39 +259,62 @@ def run_bench(
     from dagster_deepfake.models.store import resolve_checkpoint
 
     resolve_checkpoint(settings.platform.checkpoint, str(model_dir), model_config)
-    rows = []
-    for res in resolutions:
-        for duration in durations:
-            clip = _clip(out_dir, res, duration)
-            floor = decode_floor(clip, settings.data.frame_rate)
-            row = _row(clip, res, duration, _child(["--one", str(clip), *common]), floor)
-            rows.append(row)
-            print(
-                f"{clip.name}: total {row['total_s']:.2f}s ({row['x_realtime']:.2f}x real time, "
-                f"{row['x_floor']:.1f}x decode floor), peak {row['peak_rss_mb']:.0f} MB",
-                flush=True,
-            )
+    machine = machine_info()
+    rows = _table_rows(
+        out_dir, resolutions, durations, [*common, "--device", "cpu"], settings.data.frame_rate
+    )
+    res, duration = _target(resolutions, durations)
+    target = _clip(out_dir, res, duration)
+    # The user's command itself, start-up and exit included: the ≤ 0.5× real time target.
+    cli = cli_wall(target, model_config, model_dir, device="cpu")
+    cli["x_realtime"] = round(cli["wall_s"] / duration, 3)
+    print(
+        f"dagster-deepfake analyze {target.name}: {cli['wall_s']:.2f}s wall ({cli['x_realtime']:.2f}x)",
+        flush=True,
+    )
+    cuda_rows = None
+    if machine["cuda"]:  # the same table on the GPU (never required: `make test` runs without one)
+        cuda_rows = _table_rows(
+            out_dir, resolutions, durations, [*common, "--device", "cuda"], settings.data.frame_rate
+        )
     ensemble = None
     if ensemble_size > 1:
         build_bench_ensemble(model_dir, model_config, ensemble_size)
-        # The target names the 30 s 720p clip; a reduced run takes its first clip instead.
-        res, duration = (
-            ("720p", 30.0) if "720p" in resolutions and 30.0 in durations else (resolutions[0], durations[0])
-        )
-        clip = _clip(out_dir, res, duration)
-        measured = _child(["--one", str(clip), *common, "--ensemble", str(ensemble_size)])
-        ensemble = _row(clip, res, duration, measured, decode_floor(clip, settings.data.frame_rate))
+        measured = _child(["--one", str(target), *common, "--ensemble", str(ensemble_size)])
+        ensemble = _row(target, res, duration, measured, decode_floor(target, settings.data.frame_rate))
         ensemble["ensemble_size"] = ensemble_size
-        print(f"{clip.name} with ensemble_size {ensemble_size}: total {ensemble['total_s']:.2f}s", flush=True)
-    throughput = dagster_throughput(out_dir, throughput_clips) if throughput_clips else None
+        print(
+            f"{target.name} with ensemble_size {ensemble_size}: total {ensemble['total_s']:.2f}s", flush=True
+        )
+    throughput = None
+    if throughput_clips:
+        from commands.bench_throughput import dagster_throughput
+
+        clips_dir = out_dir / "throughput"
+        clips_dir.mkdir(parents=True, exist_ok=True)
+        throughput = dagster_throughput(
+            out_dir,
+            throughput_clips,
+            per_video_clips=per_video_clips,
+            make_clip=lambda i: _clip(clips_dir, "240p", 5.0, seed=5000 + i),
+            # Both paths serve the platform's configured model (the Dagster runs read the config file).
+            in_process=lambda clips: _child(
+                [
+                    "--batch",
+                    ",".join(map(str, clips)),
+                    "--model",
+                    settings.model.registry_config,
+                    "--model-dir",
+                    str(model_dir),
+                ]
+            ),
+        )
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine,
         "model": model_config,
         "rows": rows,
+        "cli": cli,
+        "cuda_rows": cuda_rows,
         "ensemble": ensemble,
         "throughput": throughput,
     }
@@ -214,198 +323,78 @@ def run_bench(
     return report
 
 
-def dagster_throughput(
-    out_dir: Path,
-    n: int,
-    *,
-    duration: float = 5.0,
-    res: str = "240p",
-    timeout_s: float = 900,
-) -> dict[str, Any]:
-    """`n` clips in one process, then through the Dagster daemon (upload sensor, one run per clip)."""
-    import shutil
+STAGES = ["probe", "frames+faces", "flow", "audio+vad", "model load", "model", "saliency", "storage"]
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    from dagster_deepfake.config import REPO_ROOT
-    from dagster_deepfake.storage.bucket import UploadBucket
-    from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
-    from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
-
-    settings = load_settings()
-    clips_dir = out_dir / "throughput"
-    clips_dir.mkdir(parents=True, exist_ok=True)
-    clips = [_clip(clips_dir, res, duration, seed=5000 + i) for i in range(n)]
-    model_dir = out_dir / "models"
-    # Both paths serve the platform's configured model (the Dagster runs read the config file).
-    in_process = _child(
-        [
-            "--batch",
-            ",".join(map(str, clips)),
-            "--model",
-            settings.model.registry_config,
-            "--model-dir",
-            str(model_dir),
-        ]
+def _stage_table(rows: list[dict[str, Any]], ensemble: dict[str, Any] | None = None) -> list[str]:
+    head = (
+        "| clip | "
+        + " | ".join(STAGES)
+        + " | total s | start-up s | ×real time | ×decode floor | peak RSS MB | frames/s |"
     )
-    print(f"throughput: {n} clips in one process in {in_process['total_s']:.1f}s", flush=True)
-
-    # The Dagster path: a throwaway instance, bucket, artifact root and results database, so that
-    # earlier runs (which would make these videos "already processed") do not count.
-    base_url = settings.platform.postgres_url or embedded_postgres_url(settings.platform.postgres_data_dir)
-    db_name = f"bench_{os.getpid()}_{int(time.time())}"
-    admin = create_engine(make_url(base_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    bench_url = make_url(base_url).set(database=db_name).render_as_string(hide_password=False)
-    work = Path(tempfile.mkdtemp(prefix="ddf-bench-"))
-    home = work / "dagster_home"
-    home.mkdir()
-    instance_yaml = (REPO_ROOT / "deploy" / "dagster.local.yaml").read_text()
-    (home / "dagster.yaml").write_text(
-        instance_yaml.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1")
-    )
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_DEEPFAKE_UPLOAD_URI": (work / "bucket").as_uri(),
-        "DAGSTER_DEEPFAKE_ARTIFACT_ROOT": str(work / "artifacts"),
-        "DAGSTER_DEEPFAKE_POSTGRES_URL": bench_url,
-        "DAGSTER_DEEPFAKE_MODEL_DIR": str(model_dir),
-        "DAGSTER_DEEPFAKE_UPLOAD_SETTLE_SECONDS": "0",
-    }
-    db = ResultsDB(bench_url)
-    db.create_schema()
-    bucket = UploadBucket((work / "bucket").as_uri(), settings.platform.upload_suffixes)
-    bucket.ensure()
-    daemon_log = out_dir / "throughput-daemon.log"
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-daemon")),
-            "run",
-            "-w",
-            str(REPO_ROOT / "workspace.yaml"),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=daemon_log.open("wb"),  # kept: the first place to look when a run is slow or fails
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        ids = [partition_key_for_sha256(sha256_file(str(c))) for c in clips]
-        start = time.perf_counter()
-        for clip in clips:
-            bucket.put_file(str(clip), clip.name)
-        deadline = time.time() + timeout_s
-        states: dict[str, str] = {}
-        while time.time() < deadline:
-            states = {v: (db.get_job(v) or {}).get("status", "waiting") for v in ids}
-            if all(s in ("completed", "failed") for s in states.values()):
-                break
-            time.sleep(1)
-        wall = time.perf_counter() - start
-        stats = json.loads(
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    "import json; from commands.runs import run_stats; "
-                    "print(json.dumps(run_stats('analyze_video')))",
-                ],
-                env=env,
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
+    lines = [head, "|" + "---|" * (len(STAGES) + 7)]
+    for r in [*rows, *([ensemble] if ensemble else [])]:
+        cells = [f"{r['timings'].get(s, 0):.2f}" for s in STAGES]
+        name = r["clip"] + (f" ×{r['ensemble_size']} ensemble" if "ensemble_size" in r else "")
+        startup = f"{r['startup_s']:.2f}" if r.get("startup_s") is not None else "–"
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {r['total_s']:.2f} | {startup} | {r['x_realtime']:.2f} | "
+            f"{r['x_floor']:.1f} | {r['peak_rss_mb']:.0f} | {r['frames_per_s']:.1f} |"
         )
-    finally:
-        import signal
+    return lines
 
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        db.engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
-    completed = sum(s == "completed" for s in states.values())
-    per_clip = sum(in_process["seconds"]) / n
-    durations = stats["durations"]
-    mean_run = sum(durations) / len(durations) if durations else float("nan")
-    result = {
-        "model": settings.model.registry_config,
-        "clips": n,
-        "clip": f"{res}, {duration:.0f} s",
-        "in_process_s": in_process["total_s"],
-        "in_process_videos_per_hour": round(3600 * n / in_process["total_s"], 1),
-        "dagster_wall_s": round(wall, 1),
-        "dagster_completed": completed,
-        # runs launched as forks of the warm worker (the rest fell back to a fresh process)
-        "dagster_forked_runs": stats["forked_from_warm_worker"],
-        "dagster_videos_per_hour": round(3600 * completed / wall, 1),
-        "in_process_mean_s": round(per_clip, 2),
-        "dagster_mean_run_s": round(mean_run, 2),
-        "per_run_overhead_s": round(mean_run - per_clip, 2),
-        "wall_overhead_per_video_s": round((wall - in_process["total_s"]) / n, 2),
-    }
-    print(
-        f"throughput: Dagster path {completed}/{n} in {wall:.1f}s; run {mean_run:.2f}s vs {per_clip:.2f}s "
-        f"in process → {result['per_run_overhead_s']:.2f}s overhead per run",
-        flush=True,
-    )
-    return result
+
+def _cold_warm(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        if "warm_timings" not in r:
+            continue
+        cold, warm = r["timings"]["model"], r["warm_timings"]["model"]
+        line = (
+            f"Model time on {r['clip']} ({r['precision']}): cold {cold:.2f} s (first pass in a fresh process), "
+            f"warm {warm:.2f} s (second pass); warm total {sum(r['warm_timings'].values()):.2f} s."
+        )
+        if "p_fake_fp32" in r:
+            line += (
+                f" fp32 on the same inputs: model {r['fp32_model_s']:.2f} s, "
+                f"|ΔP(fake)| = {abs(r['p_fake'] - r['p_fake_fp32']):.5f} (tolerance 0.01)."
+            )
+        lines.append(line)
+    return lines
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    stages = ["probe", "frames+faces", "flow", "audio+vad", "model load", "model", "saliency", "storage"]
-    head = (
-        "| clip | "
-        + " | ".join(stages)
-        + " | total s | ×real time | ×decode floor | peak RSS MB | frames/s |"
-    )
-    lines = [head, "|" + "---|" * (len(stages) + 6)]
-    for r in report["rows"]:
-        cells = [f"{r['timings'].get(s, 0):.2f}" for s in stages]
-        lines.append(
-            f"| {r['clip']} | " + " | ".join(cells) + f" | {r['total_s']:.2f} | {r['x_realtime']:.2f} | "
-            f"{r['x_floor']:.1f} | {r['peak_rss_mb']:.0f} | {r['frames_per_s']:.1f} |"
-        )
-    ens = report.get("ensemble")
-    if ens:
-        cells = [f"{ens['timings'].get(s, 0):.2f}" for s in stages]
-        lines.append(
-            f"| {ens['clip']} ×{ens['ensemble_size']} ensemble | "
-            + " | ".join(cells)
-            + f" | {ens['total_s']:.2f} | {ens['x_realtime']:.2f} | {ens['x_floor']:.1f} | "
-            f"{ens['peak_rss_mb']:.0f} | {ens['frames_per_s']:.1f} |"
-        )
-    tp = report.get("throughput")
-    if tp:
+    from commands.bench_machine import markdown as machine_md
+
+    m = report["machine"]
+    lines = [
+        machine_md(m) if "cpu_model" in m else f"{m.get('cpus', '?')} CPUs, {m.get('platform', '?')}.",
+        "",
+    ]
+    lines += _stage_table(report["rows"], report.get("ensemble"))
+    cli = report.get("cli")
+    if cli:
         lines += [
             "",
-            f"Throughput, {tp['clips']} clips ({tp['clip']}, model `{tp['model']}`): | in one process | through Dagster (sensor → "
-            "one run per video, one at a time) |",
-            "|---|---|---|",
-            f"| wall s | {tp['in_process_s']:.1f} | {tp['dagster_wall_s']:.1f} ({tp['dagster_completed']} completed, "
-            f"{tp.get('dagster_forked_runs', '?')} forked from the warm worker) |",
-            f"| videos/hour | {tp['in_process_videos_per_hour']:.0f} | {tp['dagster_videos_per_hour']:.0f} |",
-            f"| s per video | {tp['in_process_mean_s']:.2f} | {tp['dagster_mean_run_s']:.2f} (run start → end) |",
-            f"| per-run overhead s | | {tp['per_run_overhead_s']:.2f} (run) · "
-            f"{tp['wall_overhead_per_video_s']:.2f} (wall, incl. sensor and queue) |",
+            f"`dagster-deepfake analyze {cli['clip']} --json` end to end, start-up and exit included: "
+            f"**{cli['wall_s']:.2f} s wall ({cli['x_realtime']:.2f}× real time)**, {cli['precision']}.",
         ]
-    m = report["machine"]
+    lines += ["", *_cold_warm(report["rows"])]
+    if report.get("cuda_rows"):
+        lines += ["", f"Same clips on CUDA ({m['cuda']['device']}):", "", *_stage_table(report["cuda_rows"])]
+        lines += _cold_warm(report["cuda_rows"])
+    tp = report.get("throughput")
+    if tp:
+        from commands.bench_throughput import markdown as throughput_md
+
+        lines += throughput_md(tp)
     lines.append("")
     lines.append(
         f"Model `{report['model']}` ({report['rows'][0]['weights'] if report['rows'] else '?'} weights, "
-        f"{report['rows'][0]['precision'] if report['rows'] else '?'}); {m['cpus']} CPUs, {m['platform']}."
+        f'{report["rows"][0]["precision"] if report["rows"] else "?"}). "total s" is the sum of the stages; '
+        '"start-up s" is the rest of the fresh process\'s wall (interpreter, imports, exit).'
     )
     return "\n".join(lines) + "\n"
 
@@ -423,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--durations", default="10,30,60")
     parser.add_argument("--resolutions", default="240p,720p,1080p")
     parser.add_argument("--ensemble-size", type=int, default=5)
-    parser.add_argument("--throughput-clips", type=int, default=20)
+    parser.add_argument("--throughput-clips", type=int, default=40)
+    parser.add_argument("--per-video-clips", type=int, default=10)
+    parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--training-batches", default="2,4", help="contract-model training step at these batches ('': skip)"
     )
@@ -434,10 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.inference.ensemble_size = args.ensemble
         if args.model_dir:
             settings.platform.model_dir = args.model_dir
+        if args.device:
+            settings.platform.device = args.device
         if args.batch:
             print(json.dumps(run_batch([Path(p) for p in args.batch.split(",")], settings)))
         else:
-            print(json.dumps(run_one(Path(args.one), settings)))
+            print(json.dumps(run_one(Path(args.one), settings, warm=args.warm)))
         return 0
     report = run_bench(
         Path(args.out),
@@ -446,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config=args.model,
         ensemble_size=args.ensemble_size,
         throughput_clips=args.throughput_clips,
+        per_video_clips=args.per_video_clips,
     )
     print(markdown_table(report))
     if args.training_batches:  # the contract model's training cost at batch 32 (commands/bench_training.py)

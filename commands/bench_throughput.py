@@ -1,0 +1,338 @@
+"""The bench's throughput pass: many short clips in one process against the same clips through
+Dagster (bucket → upload sensor → runs → results), one run per video and in batched runs
+(assets/batch.py), plus the latency of a single upload (submit → completed).
+
+Each Dagster pass gets a throwaway instance, bucket, artifact root and results database (earlier
+runs would make the videos "already processed") and its own `dagster-daemon`; the clock starts
+once the daemon's sensor loop is up, so the daemon's own start-up is not counted. One run at a
+time (on 2 cores two runs only share the CPU). Peak memory is the largest summed RSS of the
+daemon and every process below it (run workers, code server), sampled every second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dagster_deepfake.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, REPO_ROOT, load_settings
+
+
+def _tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def _run_records(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every finished run of the pass's instance: job, status, start/end, creation time, tags."""
+    code = (
+        "import json, dagster as dg\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    rs = i.get_run_records()\n"
+        "    print(json.dumps([{'job': r.dagster_run.job_name, 'status': r.dagster_run.status.value,\n"
+        "        'create': r.create_timestamp.timestamp(), 'start': r.start_time, 'end': r.end_time,\n"
+        "        'tags': dict(r.dagster_run.tags)} for r in rs]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _daemon_ready(env: dict[str, str]) -> bool:
+    code = (
+        "import dagster as dg\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    print('SENSOR' in i.get_daemon_heartbeats())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    return out.stdout.strip().endswith("True")
+
+
+class DagsterPass:
+    """A throwaway instance + daemon; `submit` clips and wait for their jobs to finish."""
+
+    def __init__(
+        self, out_dir: Path, model_dir: Path, *, batch_max_videos: int, name: str, launcher: str = "default"
+    ) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        from dagster_deepfake.storage.bucket import UploadBucket
+        from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+
+        settings = load_settings()
+        base_url = settings.platform.postgres_url or embedded_postgres_url(
+            settings.platform.postgres_data_dir
+        )
+        self.db_name = f"bench_{name}_{os.getpid()}_{int(time.time())}"
+        self.admin = create_engine(make_url(base_url), isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))
+        url = make_url(base_url).set(database=self.db_name).render_as_string(hide_password=False)
+        self.work = Path(tempfile.mkdtemp(prefix=f"ddf-bench-{name}-"))
+        home = self.work / "dagster_home"
+        home.mkdir()
+        instance_yaml = (REPO_ROOT / "deploy" / "dagster.local.yaml").read_text()
+        instance_yaml = instance_yaml.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1")
+        if launcher == "default":  # Dagster's DefaultRunLauncher: a fresh process per run, public API only
+            instance_yaml = re.sub(r"(?ms)^run_launcher:\n(?:[ #].*?\n)+(?=^\S)", "", instance_yaml)
+        elif "launchers.prefork" not in instance_yaml:
+            raise RuntimeError("the local instance has no warm-worker launcher to measure")
+        (home / "dagster.yaml").write_text(instance_yaml)
+        self.launcher = launcher
+        # The config in effect with the pass's batch size and a short sensor interval.
+        config = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).read_text()
+        config = re.sub(r"(?m)^  batch_max_videos: .*$", f"  batch_max_videos: {batch_max_videos}", config)
+        config = re.sub(r"(?m)^  sensor_interval_seconds: .*$", "  sensor_interval_seconds: 2", config)
+        (self.work / "config.yaml").write_text(config)
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_DEEPFAKE_CONFIG": str(self.work / "config.yaml"),
+            "DAGSTER_DEEPFAKE_UPLOAD_URI": (self.work / "bucket").as_uri(),
+            "DAGSTER_DEEPFAKE_ARTIFACT_ROOT": str(self.work / "artifacts"),
+            "DAGSTER_DEEPFAKE_POSTGRES_URL": url,
+            "DAGSTER_DEEPFAKE_MODEL_DIR": str(model_dir),
+            "DAGSTER_DEEPFAKE_UPLOAD_SETTLE_SECONDS": "0",
+        }
+        self.db = ResultsDB(url)
+        self.db.create_schema()
+        self.bucket = UploadBucket((self.work / "bucket").as_uri(), settings.platform.upload_suffixes)
+        self.bucket.ensure()
+        self.peak_rss_mb = 0.0
+        # Create the instance's SQLite storage once, before the daemon and its code server open it
+        # together (two processes stamping a fresh database race: "more than one head").
+        subprocess.run(
+            [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs(limit=1)"],
+            env=self.env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
+        self.daemon = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster-daemon")),
+                "run",
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=(out_dir / f"throughput-daemon-{name}.log").open("wb"),  # the first place to look
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        while not _daemon_ready(self.env):
+            if time.time() > deadline or self.daemon.poll() is not None:
+                raise RuntimeError(
+                    f"dagster-daemon did not come up; see {out_dir}/throughput-daemon-{name}.log"
+                )
+            time.sleep(1)
+
+    def submit(self, clips: list[Path], timeout_s: float = 3600) -> tuple[float, dict[str, str]]:
+        """Put `clips` into the bucket; wall seconds until every job is completed or failed."""
+        from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
+
+        ids = [partition_key_for_sha256(sha256_file(str(c))) for c in clips]
+        start = time.perf_counter()
+        for clip in clips:
+            self.bucket.put_file(str(clip), clip.name)
+        deadline = time.time() + timeout_s
+        states: dict[str, str] = {}
+        while time.time() < deadline:
+            states = {v: (self.db.get_job(v) or {}).get("status", "waiting") for v in ids}
+            self.peak_rss_mb = max(self.peak_rss_mb, _tree_rss_mb(self.daemon.pid))
+            if all(s in ("completed", "failed") for s in states.values()):
+                break
+            time.sleep(1)
+        return time.perf_counter() - start, states
+
+    def runs(self) -> list[dict[str, Any]]:
+        return _run_records(self.env)
+
+    def close(self) -> None:
+        from sqlalchemy import text
+
+        try:
+            os.killpg(self.daemon.pid, signal.SIGTERM)
+            self.daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.daemon.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.db.engine.dispose()
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
+        self.admin.dispose()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def dagster_throughput(
+    out_dir: Path,
+    n: int,
+    *,
+    per_video_clips: int = 10,
+    make_clip: Callable[[int], Path],
+    in_process: Callable[[list[Path]], dict[str, Any]],
+) -> dict[str, Any]:
+    """`n` clips in one process, then through Dagster batched; the first `per_video_clips` of them
+    one run per video; one more clip alone for the single-upload latency."""
+    settings = load_settings()
+    model_dir = out_dir / "models"
+    clips = [make_clip(i) for i in range(n)]
+    local = in_process(clips)
+    per_clip = sum(local["seconds"]) / n
+    print(f"throughput: {n} clips in one process in {local['total_s']:.1f}s", flush=True)
+    result: dict[str, Any] = {
+        "model": settings.model.registry_config,
+        "clips": n,
+        "in_process_s": local["total_s"],
+        "in_process_mean_s": round(per_clip, 3),
+        "in_process_videos_per_hour": round(3600 * n / local["total_s"], 1),
+        "batch_max_videos": settings.platform.batch_max_videos,
+    }
+
+    # Batched runs on Dagster's default launcher (a fresh process per run, public API only); the
+    # one-run-per-video pass on the instance's warm-worker launcher where it is configured.
+    batched = DagsterPass(
+        out_dir,
+        model_dir,
+        batch_max_videos=settings.platform.batch_max_videos,
+        name="batched",
+        launcher="default",
+    )
+    try:
+        wall, states = batched.submit(clips)
+        # One more upload on its own, on the same warm instance: submit → completed.
+        lone = make_clip(n + 1000)
+        latency, lone_state = batched.submit([lone])
+        runs = batched.runs()
+    finally:
+        batched.close()
+    batch_runs = [r for r in runs if r["job"] == "analyze_batch" and r["end"]]
+    lone_runs = [
+        r for r in runs if r["job"] == "analyze_video" and "dagster-deepfake/batch_run" not in r["tags"]
+    ]
+    result.update(
+        {
+            "batched_wall_s": round(wall, 1),
+            "batched_completed": sum(s == "completed" for s in states.values()),
+            "batched_runs": len(batch_runs),
+            "batched_videos_per_hour": round(3600 * n / wall, 1),
+            "batched_share_of_in_process": round(local["total_s"] / wall, 3),
+            "batched_orchestration_s_per_video": round((wall - local["total_s"]) / n, 2),
+            "batched_peak_rss_mb": round(batched.peak_rss_mb),
+            "single_upload_latency_s": round(latency, 1),
+            "single_upload_status": next(iter(lone_state.values()), "?"),
+            "single_upload_run_s": round(lone_runs[-1]["end"] - lone_runs[-1]["start"], 1)
+            if lone_runs
+            else None,
+        }
+    )
+    print(
+        f"throughput: batched {result['batched_completed']}/{n} in {wall:.1f}s "
+        f"({result['batched_share_of_in_process']:.0%} of in-process, "
+        f"{result['batched_orchestration_s_per_video']:.2f}s orchestration per video); "
+        f"single upload {latency:.1f}s",
+        flush=True,
+    )
+
+    m = min(per_video_clips, n)
+    if m:
+        warm = "launchers.prefork" in (REPO_ROOT / "deploy" / "dagster.local.yaml").read_text()
+        per_video = DagsterPass(
+            out_dir,
+            model_dir,
+            batch_max_videos=1,
+            name="per-video",
+            launcher="prefork" if warm else "default",
+        )
+        try:
+            wall_pv, states_pv = per_video.submit(clips[:m])
+            runs_pv = [r for r in per_video.runs() if r["job"] == "analyze_video" and r["end"]]
+            lone_pv, _ = per_video.submit([make_clip(n + 1001)])
+        finally:
+            per_video.close()
+        mean_run = _mean([r["end"] - r["start"] for r in runs_pv])
+        result.update(
+            {
+                "per_video_clips": m,
+                "per_video_wall_s": round(wall_pv, 1),
+                "per_video_completed": sum(s == "completed" for s in states_pv.values()),
+                "per_video_videos_per_hour": round(3600 * m / wall_pv, 1),
+                "per_video_mean_run_s": round(mean_run, 2),
+                "per_video_overhead_s": round(mean_run - per_clip, 2),
+                "per_video_orchestration_s_per_video": round(wall_pv / m - per_clip, 2),
+                "per_video_peak_rss_mb": round(per_video.peak_rss_mb),
+                "per_video_launcher": per_video.launcher,
+                "single_upload_latency_per_video_launcher_s": round(lone_pv, 1),
+            }
+        )
+        print(
+            f"throughput: one run per video {result['per_video_completed']}/{m} in {wall_pv:.1f}s; "
+            f"run {mean_run:.2f}s vs {per_clip:.2f}s in process",
+            flush=True,
+        )
+    return result
+
+
+def markdown(tp: dict[str, Any]) -> list[str]:
+    """The throughput table (markdown lines)."""
+    lines = [
+        "",
+        f"Throughput, {tp['clips']} clips (240p, 5 s, model `{tp['model']}`), one run at a time:",
+        "",
+        "| path | clips | wall s | videos/hour | share of in-process | orchestration s/video | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+        f"| in one process (models loaded once) | {tp['clips']} | {tp['in_process_s']:.1f} | "
+        f"{tp['in_process_videos_per_hour']:.0f} | 100 % | – | – |",
+        f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {tp['batched_runs']} runs, default launcher) | "
+        f"{tp['clips']} | {tp['batched_wall_s']:.1f} | {tp['batched_videos_per_hour']:.0f} | "
+        f"{tp['batched_share_of_in_process']:.0%} | {tp['batched_orchestration_s_per_video']:.2f} | "
+        f"{tp['batched_peak_rss_mb']} |",
+    ]
+    if "per_video_clips" in tp:
+        share = tp["per_video_videos_per_hour"] / tp["in_process_videos_per_hour"]
+        lines.append(
+            f"| Dagster, one run per video ({tp['per_video_launcher']} launcher, run {tp['per_video_mean_run_s']:.2f} s) | "
+            f"{tp['per_video_clips']} | "
+            f"{tp['per_video_wall_s']:.1f} | {tp['per_video_videos_per_hour']:.0f} | {share:.0%} | "
+            f"{tp['per_video_orchestration_s_per_video']:.2f} | {tp['per_video_peak_rss_mb']} |"
+        )
+    lines += [
+        "",
+        f"Single upload (one 5 s clip, submit → completed, sensor every 2 s): {tp['single_upload_latency_s']:.1f} s "
+        f"with Dagster's default launcher ({tp['single_upload_status']}; its run {tp['single_upload_run_s']} s)"
+        + (
+            f"; {tp['single_upload_latency_per_video_launcher_s']:.1f} s with the {tp['per_video_launcher']} launcher."
+            if "single_upload_latency_per_video_launcher_s" in tp
+            else "."
+        ),
+    ]
+    return lines
