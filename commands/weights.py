@@ -52,7 +52,9 @@ def import_weights(settings: Settings, audio: str | None, video: str | None, nam
     config = resolve_model_config(settings.model)
     model_dir = Path(settings.platform.model_dir)
     target = imported_weights_dir(model_dir)
-    # Each is checked in full before it is stored: a refused one stores nothing.
+    # All or nothing: the backbone (small) is checked before the audio encoder is stored.
+    if audio and video:
+        import_video_backbone(video, config.video, target, naming, check_only=True)  # type: ignore[arg-type]
     accepted = []
     if audio:
         accepted.append(import_audio_encoder(audio, config.audio, target))

@@ -121,7 +121,9 @@ def test_wrong_shape_is_refused_naming_the_tensors(tmp_path: Path) -> None:
         import_audio_encoder(tmp_path / "w2v", cfg.audio, tmp_path / "store")
     message = str(err.value)
     assert "\n" not in message and "6 of wrong shape" in message
-    assert "encoder.layers.0.feed_forward.intermediate_dense.weight (file (128, 32), model (64, 32))" in message
+    assert (
+        "encoder.layers.0.feed_forward.intermediate_dense.weight (file (128, 32), model (64, 32))" in message
+    )
     assert not (tmp_path / "store").exists()  # nothing stored
 
 
@@ -155,10 +157,24 @@ def test_the_cli_imports_and_refuses_in_one_line(
     assert main(["--config", str(config), "weights", "list"]) == 0
     assert "video_backbone-test_efficientnet-" in capsys.readouterr().out
 
-    rc = main(["--config", str(config), "weights", "import", "--video", str(folder / "model.safetensors")])
+    provenance = next((tmp_path / "models" / "pretrained").glob("audio_encoder-*")) / "provenance.json"
+    stamp = provenance.stat().st_mtime_ns
+    rc = main(
+        [
+            "--config",
+            str(config),
+            "weights",
+            "import",
+            "--audio",
+            str(folder),
+            "--video",
+            str(folder / "model.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: ") and "missing: conv_stem.weight" in err
+    assert provenance.stat().st_mtime_ns == stamp  # all or nothing: the accepted audio was not re-stored
     (tmp_path / "junk.pth").write_bytes(b"not a pickle")
     assert main(["--config", str(config), "weights", "import", "--video", str(tmp_path / "junk.pth")]) == 2
     assert "not a readable weights file" in capsys.readouterr().err

@@ -412,9 +412,15 @@ def import_audio_encoder(
 
 
 def import_video_backbone(
-    path: str | Path, config: VideoModelConfig, weights_dir: str | Path, naming: Naming = "auto"
-) -> WeightsProvenance:
-    """Check an EfficientNet state dict (timm or torchvision names) against `model.video` and store it.
+    path: str | Path,
+    config: VideoModelConfig,
+    weights_dir: str | Path,
+    naming: Naming = "auto",
+    *,
+    check_only: bool = False,
+) -> WeightsProvenance | None:
+    """Check an EfficientNet state dict (timm or torchvision names) against `model.video` and store
+    it (`check_only`: check, store nothing, return None).
 
     The classifier of an ImageNet checkpoint is left out (the detector uses the pooled features)."""
     path = Path(path)
@@ -427,6 +433,8 @@ def import_video_backbone(
     state = {k: v for k, v in state.items() if k not in ignored}
     target = configured_backbone(config).state_dict()
     tensors = check_fit(state, target, f"{path} (video backbone {config.backbone}, {naming} names)")
+    if check_only:
+        return None
     return store_weights(
         Path(weights_dir),
         "video_backbone",
