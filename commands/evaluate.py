@@ -115,7 +115,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from dagster_deepfake.training.ablation import run_ablations
     from dagster_deepfake.training.eval_report import render_ablation
     from dagster_deepfake.training.features import LRUFeatureSource, StoreFeatureSource
-    from dagster_deepfake.training.manifests import choose_training_sets
+    from dagster_deepfake.training.manifests import choose_training_sets, manifest_hash
 
     settings = load_settings(args.config)
     if args.training_config:
@@ -165,6 +165,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         targets=settings.targets,
         n_resamples=args.bootstrap,
         training_data=sets.train_names,
+        training_data_hash=manifest_hash(pd.concat([sets.train, sets.val])),
         on_variant=lambda name: print(f"  training, calibrating and evaluating: {name} …", flush=True),
     )
     table = render_ablation(result)

@@ -319,6 +319,7 @@ def test_ablation_table_runs_every_variant_on_the_same_split(tmp_path: Path) -> 
     assert len(lines) == 1 + 4  # header + one row per variant
     assert "(reference)" in lines[1] and "Δ video AUC vs full" in lines[0]
     assert "Test set synthetic: 2 real / 2 fake" in table and "5 FPS" in table
+    assert "**Small test set synthetic: 2 real / 2 fake videos.**" in table
 
 
 def test_rank_auc_equals_sklearn_with_ties() -> None:

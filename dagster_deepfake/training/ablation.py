@@ -111,6 +111,7 @@ def run_ablations(
     pretrained: bool = True,
     n_resamples: int = DEFAULT_RESAMPLES,
     training_data: str | None = None,
+    training_data_hash: str | None = None,
     on_variant: Callable[[str], None] | None = None,
 ) -> list[AblationRow]:
     """Train, calibrate and evaluate every variant of `ablation_variants(model_config)`."""
@@ -135,6 +136,7 @@ def run_ablations(
             data_cfg=data_cfg,
             pretrained=pretrained,
             training_data=training_data,
+            training_data_hash=training_data_hash,
         )
         calibrate_checkpoint(trained.best_checkpoint, val_ids, own_source, device=device)
         (result,) = evaluate_test_sets(

@@ -152,6 +152,17 @@ def protocol_header(results: Sequence[EvaluationResult]) -> list[str]:
     ]
 
 
+def _small_set_warning(r: EvaluationResult) -> list[str]:
+    if min(r.metrics.n_real, r.metrics.n_fake) >= SMALL_SET:
+        return []
+    return [
+        "",
+        f"**Small test set {r.test_set}: {r.metrics.n_real} real / {r.metrics.n_fake} fake videos.** "
+        f"A bootstrap over fewer than {SMALL_SET} videos per class understates the uncertainty "
+        "(a perfect separation resamples to [1.000, 1.000]); read its intervals as a lower bound.",
+    ]
+
+
 def render_report(results: Sequence[EvaluationResult], title: str | None = None) -> str:
     """The markdown report: protocol header, main table, per-method table, cross-dataset matrix."""
     if not results:
@@ -167,14 +178,8 @@ def render_report(results: Sequence[EvaluationResult], title: str | None = None)
         "",
         results_table(results),
     ]
-    small = [r for r in results if min(r.metrics.n_real, r.metrics.n_fake) < SMALL_SET]
-    for r in small:
-        lines += [
-            "",
-            f"**Small test set {r.test_set}: {r.metrics.n_real} real / {r.metrics.n_fake} fake videos.** "
-            f"A bootstrap over fewer than {SMALL_SET} videos per class understates the uncertainty "
-            "(a perfect separation resamples to [1.000, 1.000]); read its intervals as a lower bound.",
-        ]
+    for r in results:
+        lines += _small_set_warning(r)
     if any(len(r.per_method) for r in results):
         lines += ["", "## Per manipulation method (its fakes against all reals of the set)", ""]
         lines.append(per_method_table(results))
@@ -309,6 +314,7 @@ def render_ablation(rows: Sequence[object], title: str = "Ablations") -> str:
         "- **Δ**: paired bootstrap (the same resampled videos score both models)",
         "",
         _md_table(header, table),
+        *_small_set_warning(first),
     ]
     if any(r.weights != "trained" for r in results):
         lines += ["", "**Untrained weights: these numbers measure the plumbing, not a detector.**"]
