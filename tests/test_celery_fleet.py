@@ -140,6 +140,7 @@ def fleet(tmp_path_factory, pg_url: str, moto_endpoint: str) -> Iterator[Fleet]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": REGION,
     }
+    saved_aws = {k: os.environ.get(k) for k in aws}
     os.environ.update(aws)  # this process reads runs and S3 too; the values are dummies
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)
     for bucket in ("uploads", "artifacts"):
@@ -213,10 +214,11 @@ def fleet(tmp_path_factory, pg_url: str, moto_endpoint: str) -> Iterator[Fleet]:
             fleet.stop_worker(name)
         stop_group(fleet.daemon)
         stop_redis(root / "redis")
-        if saved_pg is None:
-            os.environ.pop("DAGSTER_PG_URL", None)
-        else:
-            os.environ["DAGSTER_PG_URL"] = saved_pg
+        for key, value in {**saved_aws, "DAGSTER_PG_URL": saved_pg}.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
