@@ -53,13 +53,49 @@ def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.nda
     src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     if not np.isfinite(src).all():
         raise ValueError("landmarks contain NaN or inf")
-    # Imported here: scikit-image costs ~0.4 s at import, paid by every Dagster run process.
-    from skimage.transform import SimilarityTransform
-
-    transform = SimilarityTransform.from_estimate(src, canonical_landmarks(size).astype(np.float64))
-    if not transform:
+    params = _umeyama(src, canonical_landmarks(size).astype(np.float64))
+    if params is None:
         raise ValueError(f"cannot fit a similarity transform to landmarks {src.tolist()}")
-    return np.asarray(transform.params[:2], dtype=np.float64)
+    return params[:2]
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """(3, 3) least-squares similarity taking `src` (N, 2) onto `dst` (Umeyama 1991, with scale);
+    None when the points are degenerate (all equal).
+
+    The estimator of scikit-image's `SimilarityTransform.from_estimate` (its `_umeyama`), written
+    out in numpy: importing scikit-image pulled in SciPy and cost the first aligned face of every
+    process about a second (issue 20); tests/test_similarity_fit.py checks the two agree.
+    """
+    dim = src.shape[1]
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    a = dst_demean.T @ src_demean / len(src)
+    d = np.ones(dim)
+    if np.linalg.det(a) < 0:
+        d[dim - 1] = -1
+    t = np.eye(dim + 1)
+    u, s, v = np.linalg.svd(a)
+    rank = np.linalg.matrix_rank(a)
+    if rank == 0:
+        return None
+    if rank == dim - 1:
+        if np.linalg.det(u) * np.linalg.det(v) > 0:
+            t[:dim, :dim] = u @ v
+        else:
+            last = d[dim - 1]
+            d[dim - 1] = -1
+            t[:dim, :dim] = u @ np.diag(d) @ v
+            d[dim - 1] = last
+    else:
+        t[:dim, :dim] = u @ np.diag(d) @ v
+    variance = src_demean.var(axis=0).sum()
+    if variance == 0:
+        return None
+    scale = (s @ d) / variance
+    t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean)
+    t[:dim, :dim] *= scale
+    return t if np.isfinite(t).all() else None
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
