@@ -113,23 +113,42 @@ def compute_saliency(
     chosen = top_frames(window_probs, window_frames, k, timestamps, min_gap_seconds)
     maps: list[SaliencyMap] = []
     layer = target_layer(model)
-    for w in dict.fromkeys(w for w, _ in chosen):
-        start, end = window_frames[w]
-        faces = model.preprocess_faces(crops[start:end]).to(device).requires_grad_(True)
-        scorer = _WindowScorer(
-            model, torch.tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
-        )
-        with GradCAM(model=scorer, target_layers=[layer]) as cam:
-            # Every frame of the window feeds one window logit: the same target for each frame.
-            grayscale = cam(input_tensor=faces, targets=[ClassifierOutputTarget(FAKE_CLASS)] * (end - start))
-        for wid, i in chosen:
-            if wid == w:
-                maps.append(
-                    SaliencyMap(
-                        int(frame_ids[i]), w, float(window_probs[w]), grayscale[i - start].astype(np.float32)
-                    )
+    # Grad-CAM needs the gradient at the target layer only. The graph starts there (its output is
+    # detached and made a leaf), so the backward pass runs through the head and the window's
+    # temporal/fusion blocks, not down through the whole backbone to the input pixels: that
+    # backward was over half of a 30 s clip's saliency stage (issue 20). The maps are the same
+    # (tests/test_gradcam_leaf.py).
+    handle = layer.register_forward_hook(_graph_starts_here, prepend=True)
+    try:
+        for w in dict.fromkeys(w for w, _ in chosen):
+            start, end = window_frames[w]
+            faces = model.preprocess_faces(crops[start:end]).to(device)
+            scorer = _WindowScorer(
+                model, torch.tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
+            )
+            with GradCAM(model=scorer, target_layers=[layer]) as cam:
+                # Every frame of the window feeds one window logit: the same target for each frame.
+                grayscale = cam(
+                    input_tensor=faces, targets=[ClassifierOutputTarget(FAKE_CLASS)] * (end - start)
                 )
+            for wid, i in chosen:
+                if wid == w:
+                    maps.append(
+                        SaliencyMap(
+                            int(frame_ids[i]),
+                            w,
+                            float(window_probs[w]),
+                            grayscale[i - start].astype(np.float32),
+                        )
+                    )
+    finally:
+        handle.remove()
     return maps
+
+
+def _graph_starts_here(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook on the target layer: its output as a new leaf that requires grad."""
+    return output.detach().requires_grad_(True)
 
 
 def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
