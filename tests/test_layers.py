@@ -39,6 +39,6 @@ def test_artifact_paths_are_spelled_in_one_module():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             is_str = isinstance(node, ast.Constant) and isinstance(node.value, str)
-            if is_str and node.value.startswith(("videos/", "tables/", "datasets/")):
+            if is_str and node.value.startswith(("videos/", "tables/", "datasets/", "models/")):
                 spelled.append(f"{path.name}: {node.value!r}")
     assert not spelled, spelled

@@ -113,6 +113,11 @@ class ArtifactStore:
             self.fs.put_file(local_path, target)
         return target
 
+    def get_file(self, relpath: str, local_path: str) -> str:
+        """Download `relpath` to the local file `local_path` (FileNotFoundError when it is missing)."""
+        self.fs.get_file(self.path(relpath), local_path)
+        return local_path
+
     def remove(self, relpath: str, recursive: bool = True) -> None:
         target = self.path(relpath)
         if self.fs.exists(target):

@@ -13,6 +13,8 @@ Paths are relative to the artifact store's root (a local folder or any fsspec UR
     evaluations/<data hash>/<model version>/metrics.parquet, per_method.parquet, predictions.parquet,
         frame_predictions.parquet, roc.png, reliability.png     one model on one test set
     evaluations/reports/<model version>.md                       the markdown report of a model
+    models/published/<name>/<file>                  every checkpoint training published (model.safetensors, manifest.json)
+    models/current.json                             which published checkpoint serves: written last, in one PUT
 
 Only validated partition keys and fixed names become paths: nothing from an upload's name does.
 """
@@ -191,3 +193,30 @@ def evaluation_rel(data_hash: str, name: str, model_version: str | None = None) 
 def evaluation_report_rel(model_version: str) -> str:
     """The markdown report of every test set one model was last evaluated on."""
     return f"evaluations/reports/{_model_version(model_version)}.md"
+
+
+# -- published checkpoints ------------------------------------------------------------------------
+
+MODELS_DIR = "models"
+#: The pointer to the published checkpoint that serves (models/publish.py writes it last).
+CURRENT_MODEL_POINTER_REL = "models/current.json"
+_PUBLISHED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,159}$")
+_CHECKPOINT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def published_model_name(name: str) -> str:
+    """A published checkpoint's folder name (`<run folder>-<stamp>`), checked: it becomes a local path."""
+    if not _PUBLISHED_NAME.match(name) or name.endswith(".tmp"):
+        raise ValueError(f"not a published checkpoint name: {name!r}")
+    return name
+
+
+def checkpoint_file_name(name: str) -> str:
+    """One file of a checkpoint folder (flat: `model.safetensors`, `manifest.json`)."""
+    if not _CHECKPOINT_FILE.match(name) or name.endswith(".tmp"):
+        raise ValueError(f"not a checkpoint file name: {name!r}")
+    return name
+
+
+def published_model_rel(name: str, file_name: str) -> str:
+    return f"{MODELS_DIR}/published/{published_model_name(name)}/{checkpoint_file_name(file_name)}"
