@@ -1,6 +1,7 @@
 """Which checkpoint serves predictions, and an honest untrained fallback saved once.
 
-Order: an explicit checkpoint folder → `<model_dir>/current` (where training publishes) →
+Order: an explicit checkpoint folder → `<model_dir>/current` (where training publishes; with an
+artifact store, first brought in line with the store's `models/current.json` by `models/sync.py`) →
 `<model_dir>/untrained-<variant>-<config_hash>` (built once from `settings.model` resolved by
 `resolve_model_config`, with a fixed seed and the weights `weights import` brought, and saved, so every process and every run uses the
 very same random weights and says so: `trained: false`). The fallback is keyed by the config
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
@@ -28,7 +29,11 @@ from dagster_deepfake.models.checkpoint import (
 )
 from dagster_deepfake.models.configuration import ModelConfig, resolve_model_config
 from dagster_deepfake.models.detector import DeepfakeDetector
+from dagster_deepfake.models.sync import sync_published_checkpoint
 from dagster_deepfake.models.weights_store import imported_weights_dir
+
+if TYPE_CHECKING:
+    from dagster_deepfake.storage.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +81,17 @@ def warn_if_config_differs(path: Path, wanted: ModelConfig, stored: ModelConfig)
     return diffs
 
 
-def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: ModelConfig | str) -> Path:
+def resolve_checkpoint(
+    checkpoint: str | None,
+    model_dir: str,
+    model_config: ModelConfig | str,
+    artifacts: ArtifactStore | None = None,
+) -> Path:
     """The checkpoint folder to serve, creating the untrained fallback if needed.
 
     `model_config`: `settings.model` (or a variant name), resolved by `resolve_model_config`.
+    `artifacts`: the artifact store training publishes to; its published checkpoint is synced
+    into `<model_dir>/current` first (one GET when up to date). An explicit `checkpoint` skips it.
     """
     config = resolve_model_config(model_config)
     if checkpoint:
@@ -87,6 +99,7 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: Mod
         if not (path / MANIFEST_FILE).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {MANIFEST_FILE}")
         return path
+    sync_published_checkpoint(artifacts, model_dir)
     current = current_checkpoint_dir(model_dir)
     if (current / MANIFEST_FILE).is_file():
         return current
@@ -111,11 +124,15 @@ def resolve_checkpoint(checkpoint: str | None, model_dir: str, model_config: Mod
 
 
 def load_serving_model(
-    checkpoint: str | None, model_dir: str, model_config: ModelConfig | str, device: str = "cpu"
+    checkpoint: str | None,
+    model_dir: str,
+    model_config: ModelConfig | str,
+    device: str = "cpu",
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[DeepfakeDetector, CheckpointManifest]:
     """The model that serves predictions, loaded once per process (see `ModelStore`)."""
     config = resolve_model_config(model_config)
-    path = resolve_checkpoint(checkpoint, model_dir, config)
+    path = resolve_checkpoint(checkpoint, model_dir, config, artifacts)
     model, manifest = model_store.get(path, map_location=device)
     if manifest.trained or checkpoint:
         warn_if_config_differs(path, config, manifest.detector_config)
@@ -128,13 +145,16 @@ def load_ensemble(
     model_config: ModelConfig | str,
     ensemble_size: int,
     device: str = "cpu",
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[list[tuple[DeepfakeDetector, CheckpointManifest]], list[str]]:
     """The serving model plus up to `ensemble_size - 1` members from `<model_dir>/ensemble/*`.
+
+    `artifacts`: where training publishes across hosts (see `resolve_checkpoint`).
 
     Returns the members and warnings (e.g. fewer checkpoints than asked for: the interval then
     falls back to the window bootstrap, and the report says so).
     """
-    members = [load_serving_model(checkpoint, model_dir, model_config, device)]
+    members = [load_serving_model(checkpoint, model_dir, model_config, device, artifacts)]
     warnings: list[str] = []
     if ensemble_size > 1:
         folder = Path(model_dir) / "ensemble"
