@@ -134,8 +134,9 @@ def trained_model(
         data_cfg=s.data,
         weights_dir=imported_weights_dir(s.platform.model_dir),  # what `weights import` brought
     )
-    # Atomic: serving sees the old checkpoint or the new one, never none (models/publish.py).
-    current = publish_checkpoint(result.best_checkpoint, s.platform.model_dir)
+    # Atomic: serving sees the old checkpoint or the new one, never none (models/publish.py);
+    # through the artifact store, every other host's next model load follows (models/sync.py).
+    current = publish_checkpoint(result.best_checkpoint, s.platform.model_dir, store)
     epochs = [h.epoch for h in result.history]
     plot = line_plot_png(
         epochs,

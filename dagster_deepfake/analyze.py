@@ -109,15 +109,21 @@ def analyze_file(
     with timer.stage("model load"):
         from dagster_deepfake.models.inference import select_device
         from dagster_deepfake.models.store import load_ensemble
+        from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 
         device = device or select_device(settings.platform.device)
         p = settings.platform
+        # Where training publishes: a checkpoint trained on another host is synced first.
+        artifacts = ArtifactStore(
+            p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
+        )
         members, model_warnings = load_ensemble(
             p.checkpoint,
             p.model_dir,
             model_config or settings.model,
             settings.inference.ensemble_size,
             device,
+            artifacts,
         )
     with timer.stage("model"):
         embeddings = [stages.audio_embeddings_stage(m, audio_in, device) for m, _ in members]

@@ -119,6 +119,9 @@ def default_resources(settings: Settings | None = None, config_path: str | None 
             registry_config=s.model.registry_config,
             model_json=s.model.model_dump_json(),
             ensemble_size=s.inference.ensemble_size,
+            artifact_root=p.artifact_root,
+            s3_endpoint_url=p.s3_endpoint_url,
+            s3_region=p.s3_region,
         ),
     }
 
@@ -129,6 +132,8 @@ class ModelStoreResource(dg.ConfigurableResource):
     `checkpoint` null: `<model_dir>/current` if training published one, else an untrained
     model of the settings' `model` section (`model_json`, resolved; without it the
     `registry_config` variant alone) saved once with a fixed seed (flagged `trained: false`).
+    With `artifact_root` (the artifacts resource's root and S3 options), the checkpoint training
+    published there is synced into `model_dir` first: hosts share no disk (models/sync.py).
     """
 
     checkpoint: str | None = None
@@ -137,10 +142,16 @@ class ModelStoreResource(dg.ConfigurableResource):
     # `settings.model` as JSON: the architecture the YAML describes (variant + explicit keys).
     model_json: str = ""
     ensemble_size: int = 1
+    artifact_root: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     def load(self, device: str = "cpu"):
         from dagster_deepfake.config import ModelConfig
         from dagster_deepfake.models.store import load_ensemble
 
         model = ModelConfig.model_validate_json(self.model_json) if self.model_json else self.registry_config
-        return load_ensemble(self.checkpoint, self.model_dir, model, self.ensemble_size, device)
+        root = self.artifact_root
+        options = s3_storage_options(root, self.s3_endpoint_url, self.s3_region) if root else {}
+        artifacts = ArtifactStore(root, options) if root else None
+        return load_ensemble(self.checkpoint, self.model_dir, model, self.ensemble_size, device, artifacts)
