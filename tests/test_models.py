@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -280,7 +281,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     loaded, loaded_manifest = load_checkpoint(tmp_path / "ckpt")
     inputs = make_inputs(batch=1, frames=6, seconds=1.0)
     assert torch.equal(run(model.eval(), **inputs).video_logits, run(loaded, **inputs).video_logits)
-    assert loaded_manifest == manifest
+    # The manifest written records its weights file's SHA-256 and size (read back, not re-hashed).
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    recorded = {"weights_sha256": hashlib.sha256(weights).hexdigest(), "weights_bytes": len(weights)}
+    assert loaded_manifest == manifest.model_copy(update=recorded)
+    assert loaded_manifest.weights_sha256_from == "manifest"
     assert loaded_manifest.detector_config == model.config
     assert loaded_manifest.config_hash == model.config.config_hash()
 

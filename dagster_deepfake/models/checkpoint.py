@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from safetensors.torch import load_file, load_model, save_model
+
+from dagster_deepfake.provenance import weights_sha256
+from dagster_deepfake.storage.keys import sha256_file
 
 from .configuration import DetectorConfig
 from .detector import DeepfakeDetector
@@ -68,6 +71,18 @@ class CheckpointManifest(BaseModel):
     # `settings.training` of the run that trained the weights (optimizer, lr, λ, modality dropout …).
     training: dict[str, Any] | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # SHA-256 and size of `model.safetensors`, written by `save_checkpoint` (None in checkpoints
+    # saved before; `load_checkpoint` then hashes the file once per process).
+    weights_sha256: str | None = None
+    weights_bytes: int | None = None
+    _hashed_at_load: bool = PrivateAttr(default=False)
+
+    @property
+    def weights_sha256_from(self) -> str | None:
+        """'manifest' (recorded when the checkpoint was saved), 'file' (hashed when it was loaded)."""
+        if self.weights_sha256 is None:
+            return None
+        return "file" if self._hashed_at_load else "manifest"
 
     @model_validator(mode="before")
     @classmethod
@@ -109,7 +124,10 @@ class CheckpointManifest(BaseModel):
 
 
 def save_checkpoint(directory: str | Path, model: DeepfakeDetector, manifest: CheckpointManifest) -> Path:
-    """Write `model.safetensors` and `manifest.json` into `directory` (created if needed)."""
+    """Write `model.safetensors` and `manifest.json` into `directory` (created if needed).
+
+    The manifest written records the weights file's SHA-256 and size (`manifest` itself is left
+    as it was given)."""
     if manifest.config_hash != model.config.config_hash():
         raise ValueError(
             f"manifest config_hash {manifest.config_hash} does not describe this model "
@@ -120,9 +138,11 @@ def save_checkpoint(directory: str | Path, model: DeepfakeDetector, manifest: Ch
     # Write-then-rename so a crashed save never leaves a half checkpoint behind.
     tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
     save_model(model, str(tmp_weights), metadata={"config_hash": manifest.config_hash})
+    digest, size = sha256_file(str(tmp_weights)), tmp_weights.stat().st_size
     tmp_weights.replace(directory / WEIGHTS_FILE)
+    recorded = manifest.model_copy(update={"weights_sha256": digest, "weights_bytes": size})
     tmp_manifest = directory / (MANIFEST_FILE + ".tmp")
-    tmp_manifest.write_text(manifest.model_dump_json(indent=2))
+    tmp_manifest.write_text(recorded.model_dump_json(indent=2))
     tmp_manifest.replace(directory / MANIFEST_FILE)
     return directory
 
@@ -153,7 +173,18 @@ def load_checkpoint(
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
     model.to(map_location)
     model.eval()
-    return model, manifest
+    return model, _with_weights_hash(directory / WEIGHTS_FILE, manifest)
+
+
+def _with_weights_hash(weights: Path, manifest: CheckpointManifest) -> CheckpointManifest:
+    """`manifest` with its weights' SHA-256: as recorded at save time, else (an older checkpoint, or
+    a file whose size is not the recorded one) hashed now, once per process (`weights_sha256`)."""
+    size = weights.stat().st_size
+    if manifest.weights_sha256 and manifest.weights_bytes == size:
+        return manifest
+    hashed = manifest.model_copy(update={"weights_sha256": weights_sha256(weights), "weights_bytes": size})
+    hashed._hashed_at_load = True
+    return hashed
 
 
 def build_untrained(
