@@ -2,7 +2,7 @@
 
 `ResultDocument` has exactly the contract's keys and nesting. Everything the platform adds
 (modalities used, pretrained flags, skipped frames, audio anomalies, warnings, per-window
-timeline) lives under the single top-level key `additions`, so a client that knows only the
+timeline, the provenance of the verdict: its checkpoints and settings) lives under the single top-level key `additions`, so a client that knows only the
 contract can ignore it.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +104,40 @@ class ProbeFacts(_Strict):
     audio_codec: str | None = None
 
 
+class CheckpointRecord(_Strict):
+    """One serving checkpoint (ensemble members too), as it was when the verdict was made."""
+
+    model_version: str
+    registry_config: str
+    config_hash: str = Field(description="hash of the architecture (the manifest's config_hash)")
+    weights_sha256: str | None = Field(description="SHA-256 of model.safetensors")
+    weights_bytes: int | None = None
+    weights_sha256_from: Literal["manifest", "file"] | None = Field(
+        None, description="manifest: recorded when the checkpoint was saved; file: hashed when it was loaded"
+    )
+    trained: bool
+    training_data: str | None = Field(
+        None, description="registered dataset names the weights were trained on"
+    )
+    training_data_hash: str | None = None
+    temperature: float
+    pretrained: dict[str, Any] = Field(
+        description="audio_encoder / video_backbone flags and `sources` (provenance of `weights import`)"
+    )
+    created_at: str | None = Field(None, description="when the checkpoint was written (ISO 8601)")
+
+
+class Provenance(_Strict):
+    """What the verdict rests on, recorded by the predictions stage (dagster_deepfake/provenance.py)."""
+
+    checkpoints: list[CheckpointRecord]
+    settings_sha256: str = Field(description="SHA-256 of `settings` as canonical JSON")
+    settings_sections: list[str]
+    settings: dict[str, Any] = Field(
+        description="the settings sections that decide the verdict, host paths left out"
+    )
+
+
 class Additions(_Strict):
     video_id: str
     file_name: str | None = None
@@ -133,6 +167,10 @@ class Additions(_Strict):
     warnings: list[str] = Field(default_factory=list)
     failure_reason: str | None = None
     software_version: str | None = Field(None, description="the dagster-deepfake that built the document")
+    provenance: Provenance | None = Field(
+        None,
+        description="checkpoints and settings of the verdict, recorded at analysis (null in older documents)",
+    )
 
 
 class ResultDocument(_Strict):
@@ -226,8 +264,37 @@ def build_document(
             timings_sec=dict(evidence.timings),
             warnings=list(dict.fromkeys([*evidence.warnings, *_switch_warnings(evidence)])),
             software_version=_software_version(),
+            provenance=_provenance(pred.get("provenance")),
         ),
     )
+
+
+def _provenance(recorded: object) -> Provenance | None:
+    """The predictions row's `provenance` (JSON text; None in rows written before it existed)."""
+    return Provenance.model_validate_json(recorded) if isinstance(recorded, str) and recorded else None
+
+
+def synthetic_training(additions: Additions | None) -> str | None:
+    """What synthetic data the serving weights were trained on, in words, or None.
+
+    From the recorded provenance when the document has it: every trained checkpoint's
+    `training_data` (the registered dataset names its manifest recorded at training time), so an
+    ensemble member trained on synthetic clips is said too; older documents: `trained_on`.
+    A registered dataset's name is the only record of what it is (synthetic clips register as a
+    CSV dataset like any other), so "synthetic" in that name is the signal.
+    """
+    if additions is None:
+        return None
+    if additions.provenance is not None:
+        said = [
+            f"{c.training_data} (data {(c.training_data_hash or 'unknown')[:12]})"
+            for c in additions.provenance.checkpoints
+            if c.trained and "synthetic" in (c.training_data or "").lower()
+        ]
+        return ", ".join(dict.fromkeys(said)) or None
+    if additions.weights == "trained" and "synthetic" in (additions.trained_on or "").lower():
+        return additions.trained_on
+    return None
 
 
 def _software_version() -> str | None:

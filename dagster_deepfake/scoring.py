@@ -63,6 +63,8 @@ class ScoredVideo:
     frames_analyzed: int
     precision: str
     timings: dict[str, float] = field(default_factory=dict)
+    # What the verdict rests on (`provenance.provenance_record`), set by `stages.predictions_stage`.
+    provenance: dict[str, Any] | None = None
     member_predictions: list[VideoPrediction] = field(default_factory=list, repr=False)
 
     @property

@@ -267,10 +267,14 @@ def predictions_stage(
     settings: Settings,
     device: str,
 ) -> ScoredVideo:
-    """Every ensemble member on the video, each with its own audio embeddings; calibrated P(fake)."""
+    """Every ensemble member on the video, each with its own audio embeddings; calibrated P(fake).
+
+    The result records what the verdict rests on (`provenance`: every member's checkpoint and the
+    verdict's settings), so the document says it whatever host builds it later."""
+    from dagster_deepfake.provenance import provenance_record
     from dagster_deepfake.scoring import score_video
 
-    return score_video(
+    scored = score_video(
         members,
         crops,
         flow,
@@ -280,6 +284,8 @@ def predictions_stage(
         device=device,
         audio=[(e.features, e.valid) if e.used else (None, None) for e in embeddings],
     )
+    scored.provenance = provenance_record([m for _, m in members], settings)
+    return scored
 
 
 @dataclass

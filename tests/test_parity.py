@@ -66,6 +66,11 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
             differ.append((key, x, y))
     assert not differ, differ[:10]
 
+    # The provenance (checkpoints and settings of the verdict) is compared too, and it is there.
+    assert (
+        a["additions.provenance.checkpoints[#]"] == 1 and len(a["additions.provenance.settings_sha256"]) == 64
+    )
+    assert a["additions.provenance.checkpoints[0].weights_sha256_from"] == "manifest"
     # What the comparison rests on is there: speech was heard, windows and heat maps exist.
     assert in_process["additions"]["modalities_used"] == ["video", "audio"]
     assert in_process["prediction"]["modality_agreement"] is not None

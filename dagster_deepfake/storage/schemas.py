@@ -137,7 +137,9 @@ WINDOWS = _register(
 
 PREDICTIONS = _register(
     "predictions",
-    2,  # v2: `precision` (fp32/bf16/amp) and `warnings` (the serving model's, e.g. untrained weights)
+    # v2: `precision` (fp32/bf16/amp) and `warnings` (the serving model's, e.g. untrained weights);
+    # v3: `provenance` (JSON: the checkpoints and settings the verdict rests on, provenance.py)
+    3,
     [
         ("video_id", _str),
         ("model_version", _str),
@@ -158,6 +160,7 @@ PREDICTIONS = _register(
         ("trained_on", _str),
         ("precision", _str),
         ("warnings", pa.list_(_str)),
+        ("provenance", _str),
         ("created_at", _ts),
     ],
 )

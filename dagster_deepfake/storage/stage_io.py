@@ -379,6 +379,8 @@ def prediction_table(video_id: str, scored: ScoredVideo, warnings: list[str]) ->
                 "trained_on": scored.trained_on,
                 "precision": scored.precision,
                 "warnings": list(warnings),
+                # JSON text (canonical): the document's `additions.provenance` (report.Provenance)
+                "provenance": json.dumps(scored.provenance, sort_keys=True) if scored.provenance else None,
                 "created_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
             }
         ]
