@@ -133,6 +133,11 @@ def test_case_report_of_a_completed_job(tiny: Settings, db: ResultsDB, tmp_path:
     assert hashlib.sha256(weights.read_bytes()).hexdigest() in dom
     manifest = json.loads((weights.parent / "manifest.json").read_text())
     assert manifest["config_hash"] in dom and "untrained (random initialisation)" in dom
+    # Recorded when the verdict was made (additions.provenance), and said to be.
+    provenance = document["additions"]["provenance"]
+    assert provenance["checkpoints"][0]["weights_sha256"] == manifest["weights_sha256"]
+    assert _cell(dom, "settings-sha256") == provenance["settings_sha256"]
+    assert 'id="custody-source"><strong>at analysis</strong>' in dom.split('class="page"', 1)[0]
     assert document["additions"]["software_version"].startswith("dagster-deepfake ")
     assert document["additions"]["software_version"] in dom
     for label in ("uploaded", "analysis", "config hash", "weights provenance", "software version"):
@@ -333,6 +338,7 @@ def test_faces_as_tracks_are_a_table_with_their_heat_maps(tiny: Settings, db: Re
     first_page = page.split('class="page"', 1)[0]
     assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 0123))" in first_page  # said on page one
     assert "tiny-trained-x: <strong>not found</strong>" in page  # a checkpoint it cannot find is said so
+    assert "<strong>at report time</strong>" in page  # a document without recorded provenance
 
 
 def test_the_demo_prints_where_each_report_is(tiny: Settings, db: ResultsDB, tmp_path: Path) -> None:
@@ -371,3 +377,95 @@ def test_a_large_frame_heat_map_is_inlined_as_a_smaller_jpeg(tiny: Settings) -> 
     assert (
         _inline(store, job_id, "frame_000002_face.png") is None and _inline(store, job_id, "../x.png") is None
     )
+
+
+def _trained_checkpoint(folder: Path, seed: int, data: str) -> None:
+    """A tiny checkpoint whose manifest says it was trained on `data` (the weights are random)."""
+    from dagster_deepfake.models.checkpoint import build_untrained, save_checkpoint
+
+    model, manifest = build_untrained("tiny", seed=seed)
+    fields = {"trained": True, "training_data": data, "training_data_hash": f"{seed}" * 12}
+    save_checkpoint(
+        folder, model, manifest.model_copy(update={**fields, "model_version": f"tiny-trained-{seed}"})
+    )
+
+
+def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_are_gone(
+    tiny: Settings, db: ResultsDB, tmp_path: Path
+) -> None:
+    from dagster_deepfake.analyze import analyze_file
+    from dagster_deepfake.provenance import settings_sha256
+
+    models = Path(tiny.platform.model_dir)
+    # An ensemble: the serving checkpoint trained on real data, a member on synthetic clips.
+    folders = {"ffpp-real": models / "current", "synthetic-demo": models / "ensemble" / "m1"}
+    for seed, (data, folder) in enumerate(folders.items()):
+        _trained_checkpoint(folder, seed, data)
+    tiny.inference.ensemble_size = 2
+    clip = generate_clip(tmp_path / "talk.mp4", seed=5, duration=2.0, width=320, height=240, audio="speech")
+    document = analyze_file(clip.path, tiny, device="cpu", out_dir=tmp_path / "heat").document
+
+    provenance = document["additions"]["provenance"]
+    assert [c["training_data"] for c in provenance["checkpoints"]] == list(folders)
+    for record, folder in zip(provenance["checkpoints"], folders.values(), strict=True):
+        weights = (folder / "model.safetensors").read_bytes()
+        assert record["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+        assert record["weights_bytes"] == len(weights) and record["weights_sha256_from"] == "manifest"
+        assert record["trained"] and record["model_version"] in document["metadata"]["model_version"]
+    # The settings hash: over the verdict's sections, recomputable from the values recorded beside it.
+    assert provenance["settings_sha256"] == settings_sha256(tiny) == _canonical_sha(provenance["settings"])
+    assert provenance["settings_sections"] == ["model", "data", "inference", "explain"]
+    assert "platform" not in provenance["settings"]
+    stricter = tiny.model_copy(deep=True)
+    stricter.model.classification.threshold = 0.7
+    assert settings_sha256(stricter) != provenance["settings_sha256"]
+    moved = tiny.model_copy(deep=True)
+    moved.platform.model_dir, moved.platform.postgres_url = "/elsewhere/models", "postgresql://other/db"
+    moved.model.video.weights = "/elsewhere/b3.pth"  # a host path inside `model`: left out too
+    assert settings_sha256(moved) == provenance["settings_sha256"]
+
+    # A report made where the checkpoints are not (they are deleted): the recorded facts are stated.
+    job_id = document["job_id"]
+    db.upsert_video(video_id=job_id, sha256="cd" * 32, source_uri="file:///b/talk.mp4", file_name="talk.mp4")
+    db.create_job(job_id, job_id, "file:///b/talk.mp4")
+    db.set_job_status(job_id, "completed", result=document)
+    shutil.rmtree(models)
+    store = ArtifactStore(tiny.platform.artifact_root)
+    page = render_case(tiny, db, store, job_id)
+    assert "<strong>at analysis</strong>" in page and "<strong>not found</strong>" not in page
+    for record in provenance["checkpoints"]:
+        assert (
+            record["weights_sha256"] in page
+            and "recorded in its manifest when the checkpoint was saved" in page
+        )
+    assert f'id="settings-sha256">{provenance["settings_sha256"]}<' in page
+    first_page = page.split('class="page"', 1)[0]
+    # The banner comes from the recorded training data of every member, not the first one's alone.
+    assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 111111111111))" in first_page
+
+    # A document from before provenance was recorded: looked up at report time, and said so.
+    del document["additions"]["provenance"]
+    db.set_job_status(job_id, "completed", result=document)
+    old = render_case(tiny, db, store, job_id)
+    assert "<strong>at report time</strong>" in old and "tiny-trained-0: <strong>not found</strong>" in old
+    assert "settings-sha256" not in old and provenance["checkpoints"][0]["weights_sha256"] not in old
+
+
+def test_a_checkpoint_saved_before_hashes_were_recorded_is_hashed_when_loaded(tmp_path: Path) -> None:
+    from dagster_deepfake.models.checkpoint import load_checkpoint
+    from dagster_deepfake.provenance import checkpoint_record
+
+    folder = tmp_path / "old"
+    _trained_checkpoint(folder, 3, "ffpp")
+    weights = (folder / "model.safetensors").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == hashlib.sha256(weights).hexdigest()  # recorded at save time
+    assert manifest["weights_bytes"] == len(weights)
+    for key in ("weights_sha256", "weights_bytes"):  # as an older version wrote it
+        del manifest[key]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _, loaded = load_checkpoint(folder)
+    record = checkpoint_record(loaded)
+    assert record["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert record["weights_sha256_from"] == "file" and record["weights_bytes"] == len(weights)
+    assert record["training_data"] == "ffpp" and record["training_data_hash"] == "3" * 12

@@ -21,7 +21,7 @@ from dagster_deepfake.api.jobs import (
     _result_document,
 )
 from dagster_deepfake.models.serving import serving_model_version
-from dagster_deepfake.report import AnomalousFrame, ResultDocument
+from dagster_deepfake.report import AnomalousFrame, ResultDocument, synthetic_training
 from dagster_deepfake.storage import layout
 
 # -- view page --------------------------------------------------------------------------------------
@@ -246,10 +246,11 @@ def _banners(doc: ResultDocument | None) -> list[str]:
         banners.append(
             "UNTRAINED MODEL: this verdict comes from untrained weights and says nothing about the video."
         )
-    if adds.weights == "trained" and "synthetic" in (adds.trained_on or "").lower():
+    synthetic = synthetic_training(adds)  # from the recorded checkpoints' training data
+    if synthetic:
         # Weights trained only on generated clips, said as loudly as untrained ones (docs/API.md).
         banners.append(
-            f"TRAINED ON SYNTHETIC DATA ({adds.trained_on}): the model has never seen a real manipulated "
+            f"TRAINED ON SYNTHETIC DATA ({synthetic}): the model has never seen a real manipulated "
             "face; this verdict shows the pipeline working, not a forensic finding."
         )
     random_init = sorted(k for k, v in adds.pretrained.items() if not v)

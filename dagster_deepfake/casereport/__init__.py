@@ -7,14 +7,15 @@ the PDF is that file printed by headless Chromium (`casereport.pdf`).
 
 What the report says comes from where the platform already keeps it: the stored result document
 (`jobs.result`), the `videos` row (SHA-256, size, name, uploader, upload time), the `jobs` row
-(run times, failure reason) and the checkpoint manifest of the model that gave the verdict.
+(run times, failure reason), and for the model the provenance the document recorded when the
+verdict was made (`additions.provenance`; an older document: the checkpoint manifest found by its
+model version at report time, said as such; `casereport.custody`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import posixpath
 import re
 from base64 import b64encode
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from dagster_deepfake.casereport.custody import CheckpointFacts, find_checkpoints
+from dagster_deepfake.casereport.custody import Custody, custody_of
 from dagster_deepfake.casereport.template import TEMPLATE
 from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import DeepfakeError
 from dagster_deepfake.media.images import decode_image, thumbnail
+from dagster_deepfake.provenance import canonical_bytes
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -67,8 +69,7 @@ def canonical_json(document: dict[str, Any]) -> bytes:
     Any copy of the document (from `GET /jobs/{id}/history`, `report --document`, the JSON
     embedded in the report) hashes to the same SHA-256 once written this way.
     """
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8")
+    return canonical_bytes(document)
 
 
 def document_sha256(document: dict[str, Any]) -> str:
@@ -82,8 +83,7 @@ class CaseFile:
     job: dict[str, Any]
     video: dict[str, Any]
     document: dict[str, Any] | None  # the stored result document, as stored
-    checkpoints: list[CheckpointFacts] = field(default_factory=list)
-    missing_checkpoints: list[str] = field(default_factory=list)
+    custody: Custody = field(default_factory=lambda: Custody(recorded=False))
 
     @property
     def job_id(self) -> str:
@@ -95,7 +95,7 @@ class CaseFile:
 
 
 def gather_case(settings: Settings, db: ResultsDB, job_id: str) -> CaseFile:
-    """The job's rows, its stored document and the checkpoints named by the document's model version."""
+    """The job's rows, its stored document and the custody of its model (recorded, or looked up)."""
     if not is_partition_key(job_id):
         raise UnknownJobError(f"not a job id (expected v_ + 16 hex digits): {job_id!r}")
     job = db.get_job(job_id)
@@ -109,11 +109,7 @@ def gather_case(settings: Settings, db: ResultsDB, job_id: str) -> CaseFile:
         document = None  # a failed job's report states its reason, not a stale verdict
     # A job whose video row is gone still gets a report: every custody field then reads "–".
     video = {c.name: None for c in videos.columns} | (db.get_video(job_id) or {})
-    case = CaseFile(job=job, video=video, document=document)
-    version = ((document or {}).get("metadata") or {}).get("model_version")
-    if version:
-        case.checkpoints, case.missing_checkpoints = find_checkpoints(settings, str(version))
-    return case
+    return CaseFile(job=job, video=video, document=document, custody=custody_of(settings, document))
 
 
 def render_case(settings: Settings, db: ResultsDB, store: ArtifactStore, job_id: str) -> str:

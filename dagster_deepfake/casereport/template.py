@@ -71,18 +71,28 @@ TEMPLATE = """<!doctype html>
  · finished {{ when(job.finished_at) }}{% if job.run_id %} · Dagster run <code>{{ job.run_id }}</code>{% endif %}</td></tr>
 <tr><th colspan="2">Model</th></tr>
 {% if meta %}<tr><td class="k">model version</td><td><code>{{ meta.model_version }}</code>{% if meta.ensemble_size > 1 %} (ensemble of {{ meta.ensemble_size }}){% endif %}</td></tr>{% endif %}
-{% for c in case.checkpoints %}
-<tr><td class="k">checkpoint{% if case.checkpoints | length > 1 %} {{ loop.index }}{% endif %}</td><td><code>{{ c.path }}</code></td></tr>
-<tr><td class="k">checkpoint SHA-256</td><td class="hash checkpoint-sha256">{{ c.weights_sha256 or "weights file missing" }}
- <span class="muted">(model.safetensors{% if c.weights_bytes %}, {{ size(c.weights_bytes) }}{% endif %})</span></td></tr>
-<tr><td class="k">config hash</td><td><code>{{ c.manifest.config_hash or "–" }}</code> <span class="muted">(architecture: {{ c.manifest.registry_config or "–" }})</span></td></tr>
+{% set custody = case.custody %}
+{% if meta %}<tr><td class="k">recorded</td><td id="custody-source">{% if custody.recorded %}<strong>at analysis</strong>: the checkpoints and settings
+ below are those the verdict was made with, as the result document recorded them (<code>additions.provenance</code>){% else %}<strong>at report time</strong>:
+ this result document predates recorded provenance; the checkpoint below is the one found now under the model folder by its model version,
+ hashed when this report was made{% endif %}</td></tr>
+<tr><td class="k">config hash</td><td>{% if custody.settings_sha256 %}<code class="hash" id="settings-sha256">{{ custody.settings_sha256 }}</code>
+ <span class="muted">(SHA-256 of the settings {{ custody.settings_sections | join(", ") }} as canonical JSON; the values are in the embedded document)</span>
+ {%- else %}not recorded <span class="muted">(only the architecture hash below is known)</span>{% endif %}</td></tr>{% endif %}
+{% for c in custody.checkpoints %}
+<tr><td class="k">checkpoint{% if custody.checkpoints | length > 1 %} {{ loop.index }}{% endif %}</td><td><code>{{ c.model_version }}</code>{% if c.path %} at <code>{{ c.path }}</code>{% endif %}</td></tr>
+<tr><td class="k">checkpoint SHA-256</td><td class="hash checkpoint-sha256">{{ c.weights_sha256 or ("not recorded" if custody.recorded else "weights file missing") }}
+ <span class="muted">(model.safetensors{% if c.weights_bytes %}, {{ size(c.weights_bytes) }}{% endif %}{% if c.weights_sha256_from == "manifest" %};
+ recorded in its manifest when the checkpoint was saved{% elif c.weights_sha256_from == "file" %}; hashed when it was loaded for the analysis{% elif c.weights_sha256_from == "report" %};
+ hashed at report time{% endif %})</span></td></tr>
+<tr><td class="k">architecture hash</td><td><code>{{ c.config_hash or "–" }}</code> <span class="muted">(model variant {{ c.registry_config or "–" }})</span></td></tr>
 <tr><td class="k">weights provenance</td><td>{{ "trained" if c.trained else "untrained (random initialisation)" }}{% if c.trained %} on
- {{ c.manifest.training_data or "unnamed data" }} (training data hash <code>{{ (c.manifest.training_data_hash or "–")[:16] }}</code>){% endif %};
+ {{ c.training_data or "unnamed data" }} (training data hash <code>{{ (c.training_data_hash or "–")[:16] }}</code>){% endif %};
  encoders: {% for k in ("audio_encoder", "video_backbone") %}{{ k }} {{ "pretrained" if c.pretrained.get(k) else "not pretrained" }}{% if not loop.last %}, {% endif %}{% endfor %}
- {% for name, src in (c.pretrained.get("sources") or {}).items() %}<br>{{ name }} from {{ src.source if src.source is defined else src }}{% if src.sha256 is defined %} (SHA-256 <code>{{ src.sha256 }}</code>){% endif %}{% endfor %}
- {% if c.manifest.created_at %}<br><span class="muted">checkpoint written {{ c.manifest.created_at }}</span>{% endif %}</td></tr>
+ {% for name, source, sha in c.sources %}<br>{{ name }} from <code>{{ source or "–" }}</code>{% if sha %} (SHA-256 <code>{{ sha }}</code>){% endif %}{% endfor %}
+ {% if c.created_at %}<br><span class="muted">checkpoint written {{ c.created_at }}</span>{% endif %}</td></tr>
 {% endfor %}
-{% for v in case.missing_checkpoints %}<tr><td class="k">checkpoint</td><td>{{ v }}: <strong>not found</strong> under the model folder
+{% for v in custody.missing %}<tr><td class="k">checkpoint</td><td>{{ v }}: <strong>not found</strong> under the model folder
  (its SHA-256 cannot be stated)</td></tr>{% endfor %}
 {% if not meta %}<tr><td class="k">model</td><td class="muted">no verdict, so no model to name</td></tr>{% endif %}
 <tr><th colspan="2">Software and document</th></tr>
