@@ -171,19 +171,20 @@ def trained_model(
 def calibration(
     settings: SettingsResource, artifacts: ArtifactStoreResource, torch_device: TorchDeviceResource
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.models.store import current_checkpoint_dir
+    from dagster_deepfake.models.store import synced_current_dir
     from dagster_deepfake.training.calibrate import calibrate_checkpoint
 
     s = settings.get()
     store = artifacts.store()
     sets, labels, _ = registered.training_sets(store, s.data)  # the validation set training used
     val_ids = list(sets.val["video_id"])
+    # The published checkpoint, even when training ran on another host (models/sync.py) …
+    current = synced_current_dir(s.platform.model_dir, store)
     fit = calibrate_checkpoint(
-        current_checkpoint_dir(s.platform.model_dir),
-        val_ids,
-        StoreFeatureSource(store, labels),
-        device=torch_device.torch_device(),
+        current, val_ids, StoreFeatureSource(store, labels), device=torch_device.torch_device()
     )
+    # … and republished with its temperature, so that every host serves it calibrated.
+    publish_checkpoint(current.resolve(), s.platform.model_dir, store)
     return dg.MaterializeResult(
         metadata={
             "temperature": dg.MetadataValue.float(fit.temperature),
@@ -211,7 +212,7 @@ def evaluation(
     postgres: PostgresResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
-    from dagster_deepfake.models.store import current_checkpoint_dir
+    from dagster_deepfake.models.store import synced_current_dir
     from dagster_deepfake.training.eval_report import render_report, results_table, store_evaluation
     from dagster_deepfake.training.evaluate import evaluate_test_sets
 
@@ -221,7 +222,7 @@ def evaluation(
     if not sets:
         raise dg.Failure("no registered dataset has a test split with cached features")
     results = evaluate_test_sets(
-        current_checkpoint_dir(s.platform.model_dir),
+        synced_current_dir(s.platform.model_dir, store),
         sets,
         StoreFeatureSource(store, labels),
         threshold=s.model.classification.threshold,

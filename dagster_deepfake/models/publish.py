@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -36,6 +37,9 @@ POINTER_FORMAT = 1
 def training_run_dir(model_dir: str | os.PathLike[str], data_hash: str, config_hash: str) -> Path:
     """One folder per (training data, architecture): an interrupted run resumes, another starts afresh."""
     return Path(model_dir) / "runs" / f"{data_hash}-{config_hash}"
+
+
+_STAMPS = re.compile(r"(-\d{8}T\d{6}-\d{9})+$")
 
 
 def _stamp() -> str:
@@ -75,7 +79,8 @@ def publish_checkpoint(
     `models/current.json` is written last (`upload_published`): every host that syncs serves it.
     """
     source, model_dir = Path(source), Path(model_dir)
-    published = model_dir / PUBLISHED_DIR / f"{source.name}-{_stamp()}"
+    base = _STAMPS.sub("", source.name) or "checkpoint"  # a published folder republished: one stamp
+    published = model_dir / PUBLISHED_DIR / f"{base}-{_stamp()}"
     staging = published.with_name(published.name + ".tmp")
     published.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staging)

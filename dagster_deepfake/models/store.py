@@ -43,6 +43,13 @@ def current_checkpoint_dir(model_dir: str) -> Path:
     return Path(model_dir) / "current"
 
 
+def synced_current_dir(model_dir: str, artifacts: ArtifactStore | None) -> Path:
+    """`<model_dir>/current` after following the store's published checkpoint (`models/sync.py`):
+    what a training step on any host (calibration, evaluation) reads."""
+    sync_published_checkpoint(artifacts, model_dir)
+    return current_checkpoint_dir(model_dir)
+
+
 def untrained_checkpoint_dir(model_dir: str, config: ModelConfig) -> Path:
     """Where the untrained fallback of exactly this architecture is saved."""
     return Path(model_dir) / f"untrained-{config.registry_config}-{config.config_hash()}"
@@ -181,6 +188,7 @@ __all__ = [
     "load_serving_model",
     "read_manifest",
     "resolve_checkpoint",
+    "synced_current_dir",
     "untrained_checkpoint_dir",
     "warn_if_config_differs",
 ]
