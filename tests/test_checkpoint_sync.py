@@ -249,3 +249,23 @@ def test_an_explicit_checkpoint_wins_and_skips_the_sync(tmp_path, trained):
     assert resolve_checkpoint(str(explicit), str(tmp_path / "b"), "tiny", store) == explicit
     with pytest.raises(CheckpointSyncError, match="not a valid pointer"):
         resolve_checkpoint(None, str(tmp_path / "b"), "tiny", store)
+
+
+def test_calibration_on_another_host_republishes_and_every_host_follows(s3_store, tmp_path, trained):
+    """What the calibration asset does: sync the trained model, change its manifest, republish."""
+    from dagster_deepfake.models.checkpoint import read_manifest
+    from dagster_deepfake.models.store import synced_current_dir
+    from dagster_deepfake.training.calibrate import write_manifest_atomic
+
+    trainer, calibrator = tmp_path / "trainer", tmp_path / "calibrator"
+    publish_checkpoint(trained("tiny-v1", seed=1), trainer, s3_store)
+    first = current_target_name(trainer)
+    current = synced_current_dir(str(calibrator), s3_store)  # trained elsewhere, here now
+    assert current_target_name(calibrator) == first
+    manifest = read_manifest(current)
+    write_manifest_atomic(current, manifest.model_copy(update={"temperature": 1.7}))
+    publish_checkpoint(current.resolve(), calibrator, s3_store)
+    again = current_target_name(calibrator)
+    assert again != first and again.count("T") == first.count("T")  # one stamp, not two
+    assert _serve(s3_store, trainer)[1].temperature == pytest.approx(1.7)
+    assert current_target_name(trainer) == again

@@ -5,6 +5,7 @@ instance and the real PostgreSQL; afterwards predictions are served by what it p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -23,7 +24,8 @@ from commands.cli import main as cli_main
 from dagster_deepfake.analyze import analyze_file
 from dagster_deepfake.datasets import register_dataset
 from dagster_deepfake.models.checkpoint import read_manifest
-from dagster_deepfake.models.store import current_checkpoint_dir
+from dagster_deepfake.models.store import current_checkpoint_dir, load_ensemble
+from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.postgres import evaluations
 from dagster_deepfake.synthetic import generate_dataset
 from resources import default_resources
@@ -82,6 +84,17 @@ def test_train_calibrate_evaluate_on_a_registered_dataset(settings, db, tmp_path
     assert published.training_data == "synthetic-test"
     calibration = result.asset_materializations_for_node("calibration")[0].metadata
     assert published.temperature == pytest.approx(calibration["temperature"].value)
+
+    # Published through the artifact store as well (calibrated: calibration republishes): a host
+    # with a model folder of its own serves the very same model (models/sync.py).
+    other_host = tmp_path / "other-host-models"
+    store = ArtifactStore(settings.platform.artifact_root)
+    (_, served), *_ = load_ensemble(None, str(other_host), "tiny", 1, "cpu", store)[0]
+    assert served.model_version == published.model_version and served.temperature == published.temperature
+    assert (
+        Path(os.readlink(other_host / "current")).name
+        == Path(os.readlink(current_checkpoint_dir(settings.platform.model_dir))).name
+    )
 
     # The evaluation is a PostgreSQL row for this model on the test split.
     with db.engine.connect() as conn:
