@@ -407,13 +407,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", help=argparse.SUPPRESS)
     parser.add_argument("--ensemble", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="contract")
-    parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--durations", default="10,30,60")
+    parser.add_argument("--model", default="contract", help="registry config to benchmark")
+    parser.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
+    parser.add_argument("--durations", default="10,30,60", help="clip lengths in seconds")
     parser.add_argument("--resolutions", default="240p,720p,1080p")
-    parser.add_argument("--ensemble-size", type=int, default=5)
-    parser.add_argument("--throughput-clips", type=int, default=40)
-    parser.add_argument("--per-video-clips", type=int, default=10)
+    parser.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=5,
+        help="also time the 30 s 720p clip with this ensemble (1: skip)",
+    )
+    parser.add_argument(
+        "--throughput-clips",
+        type=int,
+        default=40,
+        help="clips for in-process vs Dagster-daemon throughput, batched runs (0: skip)",
+    )
+    parser.add_argument(
+        "--per-video-clips", type=int, default=10, help="of those, through one run per video (0: skip)"
+    )
     parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument(

@@ -156,26 +156,10 @@ def _cmd_model_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # One parser: commands/bench.py's own (its --help lists every option).
     from commands.bench import main as bench_main
 
-    return bench_main(
-        [
-            "--out",
-            args.out,
-            "--durations",
-            args.durations,
-            "--resolutions",
-            args.resolutions,
-            "--model",
-            args.model,
-            "--ensemble-size",
-            str(args.ensemble_size),
-            "--throughput-clips",
-            str(args.throughput_clips),
-            "--per-video-clips",
-            str(args.per_video_clips),
-        ]
-    )
+    return bench_main(args.bench_args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -335,26 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parsers(sub)  # `evaluate` and `ablate`
 
-    p = sub.add_parser("bench", help="per-stage timings, peak memory and the decode floor on synthetic clips")
-    p.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
-    p.add_argument("--durations", default="10,30,60", help="clip lengths in seconds")
-    p.add_argument("--resolutions", default="240p,720p,1080p")
-    p.add_argument("--model", default="contract", help="registry config to benchmark")
-    p.add_argument(
-        "--ensemble-size",
-        type=int,
-        default=5,
-        help="also time the 30 s 720p clip with this ensemble (1: skip)",
+    p = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="per-stage timings, throughput, peak memory and the decode floor (bench --help: options)",
     )
-    p.add_argument(
-        "--throughput-clips",
-        type=int,
-        default=40,
-        help="clips for in-process vs Dagster-daemon throughput, batched runs (0: skip)",
-    )
-    p.add_argument(
-        "--per-video-clips", type=int, default=10, help="of those, through one run per video (0: skip)"
-    )
+    p.set_defaults(bench_args=[])  # filled by main(): every option after `bench` is bench's own
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(
@@ -396,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is _cmd_bench:
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except DeepfakeError as exc:
