@@ -61,7 +61,11 @@ if [ ! -f "$stamp" ]; then
     # uv does not read pip's config: hand it pip's indexes (a local mirror holds the torch stack).
     read -r -a idx <<<"$("$VENV/bin/python" scripts/lock.py uv-args "$VENV/bin/pip")"
     # The lock is also the build constraints: grad-cam (an sdist) builds with its hashed setuptools/wheel.
-    "${uv[@]}" --require-hashes --no-deps "${idx[@]}" "${reinstall[@]}" --build-constraints requirements.lock -r requirements.lock
+    # --compile-bytecode: what pip does by default. Without it every process compiles the sources
+    # it imports again wherever PYTHONDONTWRITEBYTECODE is set (as on the build machines): +9 s
+    # on each `analyze` (docs/ARCHITECTURE.md §6).
+    "${uv[@]}" --require-hashes --no-deps "${idx[@]}" "${reinstall[@]}" --build-constraints requirements.lock \
+      --compile-bytecode -r requirements.lock
     "${uv[@]}" --no-deps --no-build-isolation -e .
   fi
   "$VENV/bin/pip" check
