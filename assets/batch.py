@@ -20,7 +20,6 @@ Infrastructure failures (a database or the store down) fail the batch run after 
 videos, so the instance's `run_retries` re-run it; a retry skips the videos already completed.
 """
 
-
 import hashlib
 from collections.abc import Callable, Sequence
 
@@ -93,7 +92,9 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         name=BATCH_OP,
         description="Runs the per-video job for each video of the batch in this process.",
     )
-    def analyze_videos(context: dg.OpExecutionContext, config: BatchConfig, postgres: PostgresResource) -> None:
+    def analyze_videos(
+        context: dg.OpExecutionContext, config: BatchConfig, postgres: PostgresResource
+    ) -> None:
         from sensors.job_status import record_success
 
         if config.job_name not in PER_VIDEO_JOBS:

@@ -59,7 +59,9 @@ def _register(settings, db, paths: list[Path]) -> list[str]:
 def _rows(db, table, video_id: str) -> int:
     column = table.c.video_id if "video_id" in table.c else table.c.job_id
     with db.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table).where(column == video_id)).scalar_one())
+        return int(
+            conn.execute(select(func.count()).select_from(table).where(column == video_id)).scalar_one()
+        )
 
 
 def _run_batch(defs, instance, ids):

@@ -136,7 +136,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _tiny(settings: Settings, model_dir: str) -> Settings:
-    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
+    settings.model = ModelConfig(
+        registry_config="tiny"
+    )  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = model_dir
     settings.platform.device = "cpu"
     return settings

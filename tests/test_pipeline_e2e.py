@@ -21,7 +21,9 @@ from tests.conftest import shared_clip
 
 @pytest.fixture
 def tiny_settings(settings, tmp_path):
-    settings.model = ModelConfig(registry_config="tiny")  # the tiny variant alone (keys from the file would win)
+    settings.model = ModelConfig(
+        registry_config="tiny"
+    )  # the tiny variant alone (keys from the file would win)
     settings.platform.model_dir = str(tmp_path / "models")
     return settings
 

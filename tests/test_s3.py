@@ -31,7 +31,9 @@ from dagster_deepfake.storage.postgres import ResultsDB
 from resources import default_resources
 from sensors.uploads import build_upload_sensor
 
-REGION = "eu-west-1"  # not us-east-1: s3fs's bucket creation sends a LocationConstraint (docs/ARCHITECTURE.md §6)
+REGION = (
+    "eu-west-1"  # not us-east-1: s3fs's bucket creation sends a LocationConstraint (docs/ARCHITECTURE.md §6)
+)
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
