@@ -233,19 +233,20 @@ def test_cluster_files_parse_and_agree_with_the_project():
     )
     assert values["concurrency"]["pools"]["defaultLimit"] == queue["maxConcurrentRuns"]
 
-    # The image installs the torch pair and the dagster-k8s release that pyproject pins.
+    # The image installs requirements.lock (the file `make setup` installs, hashes required), and
+    # the lock carries the torch pair and a dagster-k8s of the release that pyproject pins.
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+
     def pin(name: str, text_: str, pattern: str) -> str:
-        found = re.search(pattern, text_)
+        found = re.search(pattern, text_, re.M)
         assert found, f"{name} not pinned"
         return found.group(1)
 
-    assert pin("torch", dockerfile, r"TORCH_VERSION=([\d.]+)") == pin(
-        "torch", pyproject, r'"torch==([\d.]+)"'
-    )
-    assert pin("torchvision", dockerfile, r"TORCHVISION_VERSION=([\d.]+)") == pin(
-        "torchvision", pyproject, r'"torchvision==([\d.]+)"'
-    )
-    assert pin("dagster-k8s", dockerfile, r"DAGSTER_K8S_VERSION=([\d.]+)") == pin(
+    assert re.search(r"uv pip install .*--require-hashes .*-r requirements\.lock", dockerfile)
+    assert "COPY requirements.lock" in dockerfile
+    for name in ("torch", "torchvision"):
+        assert pin(name, lock, rf"^{name}==([\d.]+)") == pin(name, pyproject, rf'"{name}==([\d.]+)"')
+    assert pin("dagster-k8s", lock, r"^dagster-k8s==([\d.]+)") == pin(
         "dagster-postgres", pyproject, r'"dagster-postgres==([\d.]+)"'
     )
     assert "USER dagster" in dockerfile and "deploy/dagster.yaml" in dockerfile
