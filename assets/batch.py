@@ -17,7 +17,8 @@ partition of the range when it returns and cannot mark one of them failed
 materialized.
 
 Infrastructure failures (a database or the store down) fail the batch run after the other
-videos, so the instance's `run_retries` re-run it; a retry skips the videos already completed.
+videos, so the instance's `run_retries` re-run it; a retry skips the videos already completed and
+those that failed on their own input (never retried, DESIGN §9).
 """
 
 import hashlib
@@ -85,6 +86,13 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
     return "; ".join(reasons) or "run failed"
 
 
+def _failed_on_its_input(instance: dg.DagsterInstance, run_id: str | None) -> bool:
+    """Whether the run that failed a video's job row failed on the video's own fault (the asset
+    tagged it not to be retried, assets/common.py)."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return run is not None and run.tags.get(RETRY_ON_ASSET_FAILURE_TAG) == "false"
+
+
 def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobDefinition:
     """The batch job; `per_video_job(name)` returns the resolved per-video job (with resources)."""
 
@@ -108,6 +116,18 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
                 context.log.info(f"{video_id}: already completed (an earlier attempt of this batch); skipped")
                 done.append(video_id)
                 continue
+            if (
+                row
+                and row["status"] == "failed"
+                and _failed_on_its_input(context.instance, row.get("run_id"))
+            ):
+                # DESIGN §9: a failure caused by the input is final, even when the batch is retried
+                # because another of its videos met an infrastructure failure.
+                context.log.info(
+                    f"{video_id}: failed on its input earlier ({row.get('reason')}); not retried"
+                )
+                failed[video_id] = str(row.get("reason") or "failed on its input")
+                continue
             video = db.get_video(video_id) or {}
             tags = {
                 BATCH_RUN_TAG: context.run_id,
@@ -124,8 +144,7 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
                 done.append(video_id)
                 continue
             reason = _failure_reason(result)[:2000]
-            run = context.instance.get_run_by_id(result.run_id)
-            if run is not None and run.tags.get(RETRY_ON_ASSET_FAILURE_TAG) == "false":
+            if _failed_on_its_input(context.instance, result.run_id):
                 # The video's own fault (the asset recorded the job row and its reason): final.
                 failed[video_id] = reason
                 job_row = db.get_job(video_id)
