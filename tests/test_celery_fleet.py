@@ -235,6 +235,17 @@ def clips(tmp_path_factory) -> list[Path]:
     return out
 
 
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """Long enough that face detection (one RetinaFace pass per sampled frame, 5 per second) runs
+    for seconds: the kill must land inside a task, not after it."""
+    from dagster_deepfake.synthetic import generate_clip
+
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    generate_clip(path, seed=99, duration=40.0, width=320, height=240, audio="speech")
+    return path
+
+
 def _step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
     """Step key → the Celery workers that started it (dagster-celery's engine event)."""
     out: dict[str, list[str]] = {}
@@ -309,9 +320,11 @@ def _events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType
     ]
 
 
-def test_a_worker_killed_mid_task_has_the_task_delivered_again_to_the_other(fleet: Fleet, clips: list[Path]):
-    video_id = fleet.upload(clips[N_VIDEOS], "kill/one.mp4")
-    long_step = "saliency"  # Grad-CAM: the longest step, so the kill lands inside it
+def test_a_worker_killed_mid_task_has_the_task_delivered_again_to_the_other(fleet: Fleet, long_clip: Path):
+    video_id = fleet.upload(long_clip, "kill/one.mp4")
+    long_step = (
+        "aligned_faces"  # 200 sampled frames through the detector: seconds, so the kill lands inside it
+    )
 
     def started_on() -> str | None:
         with fleet.instance() as instance:
