@@ -5,9 +5,6 @@ standing for two hosts that share no disk."""
 from __future__ import annotations
 
 import json
-import logging
-import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,42 +25,14 @@ from dagster_deepfake.models.sync import CheckpointSyncError, sync_published_che
 from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
 from resources import ModelStoreResource
-
-REGION = "eu-west-1"
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.s3_server import REGION, moto_s3_server
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, with dummy AWS credentials in the env."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in _AWS_ENV}
-    os.environ.update(_AWS_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with moto_s3_server() as url:
+        yield url
 
 
 @pytest.fixture

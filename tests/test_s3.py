@@ -4,9 +4,7 @@ server on loopback (real HTTP, real s3fs and botocore; no mocked client) and a r
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,44 +28,14 @@ from dagster_deepfake.storage.keys import partition_key_for_sha256
 from dagster_deepfake.storage.postgres import ResultsDB
 from resources import default_resources
 from sensors.uploads import build_upload_sensor
-
-REGION = (
-    "eu-west-1"  # not us-east-1: s3fs's bucket creation sends a LocationConstraint (docs/ARCHITECTURE.md §6)
-)
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.s3_server import REGION, moto_s3_server
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, with dummy AWS credentials in the env."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in _AWS_ENV}
-    os.environ.update(_AWS_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with moto_s3_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
