@@ -151,7 +151,7 @@ def _protocol(
             f"frame = P(fake) of its 1-s window of {window_frames} faces; video = softmax of the mean "
             "window logits (every kept face, no frame cap)"
         ),
-        calibration=f"temperature T = {temperature:.3f} fitted on validation; ECE before = T 1",
+        calibration=f'temperature T = {temperature:.3f} fitted on validation; "raw" ECE is at T = 1 (no scaling)',
         threshold=threshold,
         bootstrap=f"{n_resamples} stratified resamples of videos, percentile 95 %, seed {seed}",
     )
