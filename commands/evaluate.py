@@ -195,7 +195,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The `evaluate` and `ablate` subcommands (registered by commands/cli.py)."""
     p = sub.add_parser(
         "evaluate",
-        help="video/frame AUC with bootstrap intervals, AP, EER, TPR@1/5%FPR, ECE, per method, cross-dataset",
+        help="video/frame AUC with bootstrap intervals, AP, EER, TPR@1/5%%FPR, ECE, per method, cross-dataset",
     )
     p.add_argument(
         "--checkpoint",
