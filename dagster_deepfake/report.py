@@ -213,15 +213,7 @@ def build_document(
             manipulation_confidence=p_fake,
             modality_agreement=explanation["modality_agreement"],
             confidence_interval=(float(pred["ci_low"]), float(pred["ci_high"])),
-            anomalous_frames=[
-                AnomalousFrame(
-                    frame_id=int(r["frame_id"]),
-                    timestamp=float(r["timestamp"]),
-                    confidence=float(r["confidence"]),
-                    saliency_url=saliency_url(r["face_png"]),
-                )
-                for r in explanation["anomalous_frames"]
-            ],
+            anomalous_frames=_anomalous_frames(explanation["anomalous_frames"], saliency_url),
         ),
         metadata=Metadata(
             processing_time_sec=round(evidence.processing_time_sec, 3),
@@ -305,6 +297,21 @@ def _software_version() -> str | None:
         return None
 
 
+def _anomalous_frames(
+    rows: list[dict[str, Any]], saliency_url: Callable[[str], str | None]
+) -> list[AnomalousFrame]:
+    """The heat-map frames of the verdict or of one face track, with their heat maps' URLs."""
+    return [
+        AnomalousFrame(
+            frame_id=int(r["frame_id"]),
+            timestamp=float(r["timestamp"]),
+            confidence=float(r["confidence"]),
+            saliency_url=saliency_url(r["face_png"]),
+        )
+        for r in rows
+    ]
+
+
 def _face_tracks(evidence: Evidence, saliency_url: Callable[[str], str | None]) -> list[FaceTrack] | None:
     """`additions.faces` from `track_scores.face_entries` (None under the one-face rule). # faces as tracks"""
     if evidence.face_tracks is None:
@@ -313,15 +320,7 @@ def _face_tracks(evidence: Evidence, saliency_url: Callable[[str], str | None]) 
         FaceTrack(
             **{k: v for k, v in e.items() if k not in ("windows", "anomalous_frames")},
             windows=[WindowScore(window_id=w, start=a, end=b, p_fake=p) for w, a, b, p in e["windows"]],
-            anomalous_frames=[
-                AnomalousFrame(
-                    frame_id=int(r["frame_id"]),
-                    timestamp=float(r["timestamp"]),
-                    confidence=float(r["confidence"]),
-                    saliency_url=saliency_url(r["face_png"]),
-                )
-                for r in e["anomalous_frames"]
-            ],
+            anomalous_frames=_anomalous_frames(e["anomalous_frames"], saliency_url),
         )
         for e in evidence.face_tracks
     ]
