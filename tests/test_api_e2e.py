@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job
+from dagster_deepfake.casereport.pdf import chromium_args
 from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.report import ResultDocument
 from dagster_deepfake.synthetic import generate_clip
@@ -68,19 +69,7 @@ def test_upload_to_completed_job_and_page(server, settings, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (make setup installs it)")
     profile = tmp_path / "chromium-profile"
-    common = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1200,1800",
-    ]
+    common = [*chromium_args(CHROMIUM, str(profile)), "--window-size=1200,1800"]
     url = f"{server}/jobs/{job_id}/view"
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     verdict = doc.prediction.overall_class

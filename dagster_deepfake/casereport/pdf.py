@@ -43,7 +43,7 @@ def find_chromium() -> str | None:
 
 
 def chromium_args(binary: str, profile: str) -> list[str]:
-    """The flags every headless run here uses (tests/test_api_e2e.py drives Chromium the same way)."""
+    """The flags every headless run here uses (the tests drive Chromium with these too)."""
     return [
         binary,
         "--headless",
