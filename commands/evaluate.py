@@ -13,15 +13,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from dagster_deepfake.config import Settings, load_settings, with_training_config
-from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
-from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+
+if TYPE_CHECKING:  # imported where used: every command's start-up builds this parser (issue 20)
+    import pandas as pd
+
+    from dagster_deepfake.storage.artifacts import ArtifactStore
+    from dagster_deepfake.storage.postgres import ResultsDB
 
 
 def _store_and_db(settings: Settings) -> tuple[ArtifactStore, ResultsDB]:
+    from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
+    from dagster_deepfake.storage.postgres import ResultsDB, embedded_postgres_url
+
     p = settings.platform
     store = ArtifactStore(
         p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
@@ -112,6 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from dagster_deepfake.training.ablation import run_ablations
     from dagster_deepfake.training.eval_report import render_ablation
     from dagster_deepfake.training.features import LRUFeatureSource, StoreFeatureSource
