@@ -128,7 +128,9 @@ def analyze_file(
     with timer.stage("model"):
         embeddings = [stages.audio_embeddings_stage(m, audio_in, device) for m, _ in members]
         scores = [
-            stages.predictions_stage(members, u.crops, flow, u.timestamps, embeddings, settings, device)
+            stages.predictions_stage(
+                members, u.crops, flow, u.timestamps, embeddings, settings, device, keep_feature_maps=True
+            )
             for u, flow in zip(units, flows, strict=True)
         ]
     frame_landmarks = extraction.table.set_index("frame_id")["landmarks"].__getitem__
@@ -148,7 +150,10 @@ def analyze_file(
                 unit.landmarks.__getitem__ if unit.landmarks is not None else frame_landmarks,
                 settings,
                 device,
+                # Scoring's backbone maps: Grad-CAM needs no second backbone pass (explain/gradcam.py).
+                feature_maps=scored.member_predictions[0].feature_maps,
             )
+            scored.member_predictions[0].feature_maps = None
             explanations.append(rename_heat_maps(explanation, unit))
     kept_images.clear()
     face_tracks = None

@@ -101,12 +101,14 @@ def score_video(
     device: str = "cpu",
     audio: list[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
     keep_output: bool = False,
+    keep_feature_maps: bool = False,
 ) -> ScoredVideo:
     """Run every ensemble member on one video and combine them.
 
     `audio[i]` is member i's own `encode_audio` output, (T, D) features and (T,) speech mask
     (`stages.audio_embeddings_stage`), or (None, None) without usable speech: each member has
     its own audio encoder, so one member's embeddings never stand in for another's.
+    `keep_feature_maps`: the first member keeps its backbone feature maps, the ones Grad-CAM reads.
     """
     if not members:
         raise ValueError("score_video needs at least one model")
@@ -125,8 +127,9 @@ def score_video(
             keep_output=keep_output,
             audio_features=features,
             audio_valid=valid,
+            keep_feature_maps=keep_feature_maps and i == 0,
         )
-        for (model, manifest), (features, valid) in zip(members, audio, strict=True)
+        for i, ((model, manifest), (features, valid)) in enumerate(zip(members, audio, strict=True))
     ]
     first, manifest = predictions[0], members[0][1]
     p_members = np.array([p.p_fake for p in predictions])

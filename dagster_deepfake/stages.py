@@ -27,6 +27,8 @@ from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
 
 if TYPE_CHECKING:
+    import torch
+
     from dagster_deepfake.models.checkpoint import CheckpointManifest
     from dagster_deepfake.models.detector import DeepfakeDetector
     from dagster_deepfake.scoring import ScoredVideo
@@ -266,11 +268,14 @@ def predictions_stage(
     embeddings: list[AudioEmbeddings],
     settings: Settings,
     device: str,
+    *,
+    keep_feature_maps: bool = False,
 ) -> ScoredVideo:
     """Every ensemble member on the video, each with its own audio embeddings; calibrated P(fake).
 
     The result records what the verdict rests on (`provenance`: every member's checkpoint and the
-    verdict's settings), so the document says it whatever host builds it later."""
+    verdict's settings), so the document says it whatever host builds it later.
+    `keep_feature_maps`: keep the first member's backbone maps for `saliency_stage` in the same process."""
     from dagster_deepfake.provenance import provenance_record
     from dagster_deepfake.scoring import score_video
 
@@ -283,6 +288,7 @@ def predictions_stage(
         threshold=settings.model.classification.threshold,
         device=device,
         audio=[(e.features, e.valid) if e.used else (None, None) for e in embeddings],
+        keep_feature_maps=keep_feature_maps,
     )
     scored.provenance = provenance_record([m for _, m in members], settings)
     return scored
@@ -340,11 +346,14 @@ def saliency_stage(
     frame_landmarks: Callable[[int], np.ndarray],
     settings: Settings,
     device: str,
+    *,
+    feature_maps: torch.Tensor | None = None,
 ) -> Explanation:
     """Heat maps of the top-k frames (face and whole frame), audio anomalies, modality agreement.
 
     `frame_image(frame_id)` returns the sampled frame (RGB); `frame_landmarks(frame_id)` its five
-    landmarks, to map the face's heat map back onto the frame.
+    landmarks, to map the face's heat map back onto the frame. `feature_maps`: the faces' backbone
+    maps kept by scoring (`predictions_stage(keep_feature_maps=True)`), else recomputed per window.
     """
     from dagster_deepfake.explain.agreement import modality_agreement
     from dagster_deepfake.explain.anomalies import find_audio_anomalies
@@ -364,6 +373,7 @@ def saliency_stage(
         min_gap_seconds=settings.explain.min_gap_seconds,
         k=settings.explain.top_k_frames,
         device=device,
+        feature_maps=feature_maps,
     )
     rows, heat_maps = [], {}
     for m in maps:

@@ -1,9 +1,17 @@
-"""Grad-CAM heat maps for the frames that drove a fake verdict (the `grad-cam` package).
+"""Grad-CAM heat maps for the frames that drove a fake verdict.
 
-The target layer is EfficientNet's last convolutional stage (`conv_head` → `bn2` + activation,
-the 1536-channel map of B3). The target score is the fake logit of the window the frame sits in,
-with that window's flow and the video's audio context held fixed, so the map shows which face
-regions pushed that window towards "fake".
+The map is Grad-CAM (Selvaraju et al.) on the backbone's last feature map (timm's
+`forward_features`: EfficientNet's `conv_head` → `bn2` + activation, the 1536 × 7 × 7 map of B3).
+The target score is the fake logit of the window the frame sits in, with that window's flow and
+the video's audio context held fixed, so the map shows which face regions pushed that window
+towards "fake".
+
+The arithmetic is `pytorch_grad_cam.GradCAM`'s, written out (`grad_cam`) so the maps can start
+from feature maps already computed: scoring keeps them (`predict_video(keep_feature_maps=True)`),
+and the gradient then runs through the pooling, temporal and fusion layers only. That saved the
+stage's second backbone pass and the package's import of scikit-learn, SciPy and torchvision
+(2.7 s of a 30 s clip's `analyze` on two cores, docs/ARCHITECTURE.md §7). tests/test_gradcam.py
+checks the maps against the package's GradCAM with a full backward pass.
 """
 
 from __future__ import annotations
@@ -13,34 +21,25 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from dagster_deepfake.faces.align import similarity_matrix
 from dagster_deepfake.models.detector import DeepfakeDetector
+from dagster_deepfake.models.inference import autocast_context, default_bf16
 
 FAKE_CLASS = 1
 
 
-def target_layer(model: DeepfakeDetector) -> nn.Module:
-    backbone = model.frame_encoder.backbone
-    for name in ("bn2", "conv_head"):
-        if hasattr(backbone, name):
-            return getattr(backbone, name)
-    raise ValueError(f"no last convolutional stage found on {type(backbone).__name__}")
-
-
 class _WindowScorer(nn.Module):
-    """(F, 3, H, W) faces of one window → (1, 2) window logits, everything else held fixed."""
+    """(F, C, h, w) feature maps of one window's faces → (1, 2) window logits, the rest held fixed."""
 
     def __init__(self, model: DeepfakeDetector, flow: torch.Tensor, audio, audio_valid) -> None:
         super().__init__()
         self.model, self.flow, self.audio, self.audio_valid = model, flow, audio, audio_valid
 
-    def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        features = self.model.frame_encoder(faces)[None]  # (1, F, D)
-        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=faces.device)
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        features = self.model.frame_encoder.pool(maps)[None]  # (1, F, D)
+        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=maps.device)
         out = self.model.forward_features(features, self.flow, mask, self.audio, self.audio_valid)
         return out.window_logits[:, 0]  # (1, 2)
 
@@ -51,6 +50,22 @@ class SaliencyMap:
     window_id: int
     p_fake: float
     cam: np.ndarray  # (224, 224) float32 in [0, 1], aligned-face coordinates
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    image = image - np.min(image)
+    return image / (1e-7 + np.max(image))
+
+
+def grad_cam(maps: np.ndarray, grads: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(F, C, h, w) feature maps and their gradients → (F, H, W) maps in [0, 1], `size` = (W, H).
+
+    `pytorch_grad_cam.GradCAM` for one target layer: channel weights are the spatial mean of the
+    gradients, the map is the ReLU of the weighted sum, scaled to [0, 1], resized, scaled again.
+    """
+    weights = grads.mean(axis=(2, 3))
+    cams = np.maximum((weights[:, :, None, None] * maps).sum(axis=1), 0)
+    return np.float32([_unit(cv2.resize(np.float32(_unit(cam)), size)) for cam in cams])
 
 
 def top_frames(
@@ -97,8 +112,14 @@ def compute_saliency(
     min_gap_seconds: float = 1.0,
     k: int = 5,
     device: str = "cpu",
+    feature_maps: torch.Tensor | None = None,
 ) -> list[SaliencyMap]:
-    """Grad-CAM for up to k distinct moments (`top_frames`); one backward pass per window involved."""
+    """Grad-CAM for up to k distinct moments (`top_frames`); one backward pass per window involved.
+
+    `feature_maps` (N, C, h, w): every face's last feature maps as scoring computed them; without
+    them the chosen windows' maps are computed here, in the same precision as scoring's
+    (`default_bf16`). The gradient is taken in fp32 either way.
+    """
     model = model.to(device).eval()
     audio = (
         torch.as_tensor(audio_features, dtype=torch.float32, device=device)[None]
@@ -111,44 +132,27 @@ def compute_saliency(
         else None
     )
     chosen = top_frames(window_probs, window_frames, k, timestamps, min_gap_seconds)
+    size = (crops.shape[2], crops.shape[1])
     maps: list[SaliencyMap] = []
-    layer = target_layer(model)
-    # Grad-CAM needs the gradient at the target layer only. The graph starts there (its output is
-    # detached and made a leaf), so the backward pass runs through the head and the window's
-    # temporal/fusion blocks, not down through the whole backbone to the input pixels: that
-    # backward was over half of a 30 s clip's saliency stage (issue 20). The maps are the same
-    # (tests/test_gradcam_leaf.py).
-    handle = layer.register_forward_hook(_graph_starts_here, prepend=True)
-    try:
-        for w in dict.fromkeys(w for w, _ in chosen):
-            start, end = window_frames[w]
+    for w in dict.fromkeys(w for w, _ in chosen):
+        start, end = window_frames[w]
+        if feature_maps is not None:
+            window_maps = feature_maps[start:end]
+        else:
             faces = model.preprocess_faces(crops[start:end]).to(device)
-            scorer = _WindowScorer(
-                model, torch.tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
-            )
-            with GradCAM(model=scorer, target_layers=[layer]) as cam:
-                # Every frame of the window feeds one window logit: the same target for each frame.
-                grayscale = cam(
-                    input_tensor=faces, targets=[ClassifierOutputTarget(FAKE_CLASS)] * (end - start)
-                )
-            for wid, i in chosen:
-                if wid == w:
-                    maps.append(
-                        SaliencyMap(
-                            int(frame_ids[i]),
-                            w,
-                            float(window_probs[w]),
-                            grayscale[i - start].astype(np.float32),
-                        )
-                    )
-    finally:
-        handle.remove()
+            with torch.inference_mode(), autocast_context(torch.device(device), default_bf16(device)):
+                window_maps = model.frame_encoder.feature_maps(faces)
+        # A copy made outside inference mode: the graph of the gradient starts at it.
+        leaf = window_maps.to(device=device, dtype=torch.float32).clone().requires_grad_(True)
+        scorer = _WindowScorer(
+            model, torch.tensor(flow[start:end], dtype=torch.float32, device=device)[None], audio, valid
+        )
+        (grads,) = torch.autograd.grad(scorer(leaf)[0, FAKE_CLASS], leaf)
+        cams = grad_cam(leaf.detach().cpu().numpy(), grads.cpu().numpy(), size)
+        for wid, i in chosen:
+            if wid == w:
+                maps.append(SaliencyMap(int(frame_ids[i]), w, float(window_probs[w]), cams[i - start]))
     return maps
-
-
-def _graph_starts_here(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook on the target layer: its output as a new leaf that requires grad."""
-    return output.detach().requires_grad_(True)
 
 
 def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -19,6 +19,11 @@ from .detector import DeepfakeDetector, DetectorOutput
 #: 1.5 %). Re-check against this tolerance on a trained checkpoint before relying on it.
 BF16_MAX_P_FAKE_SHIFT = 0.01
 
+#: `keep_feature_maps` keeps the backbone's last feature maps for Grad-CAM only up to this size
+#: (B3: 150 KB per face in bf16, so a 30 s clip's 150 faces take 22 MB); a longer video's heat
+#: maps recompute the maps of their few windows instead (`explain.gradcam.compute_saliency`).
+FEATURE_MAPS_MAX_BYTES = 256 * 1024 * 1024
+
 
 #: CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic: x86 AVX512-BF16 and AMX, Arm BF16.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -92,6 +97,8 @@ class VideoPrediction:
     num_faces: int
     timings: dict[str, float] = field(default_factory=dict)
     output: DetectorOutput | None = field(default=None, repr=False)
+    # (N, C, h, w) last feature maps of every face (`keep_feature_maps`), for Grad-CAM.
+    feature_maps: torch.Tensor | None = field(default=None, repr=False)
 
     def label(self, threshold: float = 0.5) -> str:
         return "fake" if self.p_fake > threshold else "real"
@@ -141,6 +148,7 @@ def predict_video(
     keep_output: bool = False,
     audio_features: np.ndarray | None = None,
     audio_valid: np.ndarray | None = None,
+    keep_feature_maps: bool = False,
 ) -> VideoPrediction:
     """Classify one video from its aligned faces, flow summary and (optional) speech.
 
@@ -155,6 +163,8 @@ def predict_video(
         keep_output: attach the raw `DetectorOutput` (features for explanations).
         audio_features, audio_valid: precomputed `encode_audio` output (T, 512) and (T,) for this
             video (the `audio_embeddings` asset); when given, the waveform is not re-encoded.
+        keep_feature_maps: keep the backbone's last feature maps (`VideoPrediction.feature_maps`,
+            at most `FEATURE_MAPS_MAX_BYTES`), so Grad-CAM needs no second backbone pass.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -170,12 +180,20 @@ def predict_video(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with torch.inference_mode():
-        features = []
+        features, maps = [], []
         for start in range(0, count, batch_size):
             faces = model.preprocess_faces(crops[start : start + batch_size]).to(device)
             with autocast_context(device, use_reduced):
-                features.append(model.frame_encoder(faces).float())
+                batch_maps = model.frame_encoder.feature_maps(faces)
+                features.append(model.frame_encoder.pool(batch_maps).float())
+            if keep_feature_maps and start == 0:  # the whole video's maps, judged by the first face's
+                keep_feature_maps = batch_maps[0].nelement() * batch_maps.element_size() * count <= (
+                    FEATURE_MAPS_MAX_BYTES
+                )
+            if keep_feature_maps:
+                maps.append(batch_maps.cpu())
         frame_features = torch.cat(features)[None]  # (1, N, feature_dim)
+        feature_maps = torch.cat(maps) if keep_feature_maps else None
         timings["faces_s"] = time.perf_counter() - started
 
         audio_started = time.perf_counter()
@@ -217,4 +235,5 @@ def predict_video(
         num_faces=count,
         timings=timings,
         output=output if keep_output else None,
+        feature_maps=feature_maps,
     )

@@ -63,7 +63,16 @@ class FrameEncoder(nn.Module):
         return timm.data.resolve_data_config({}, model=self.backbone)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        return self.backbone(faces.contiguous(memory_format=torch.channels_last))
+        return self.pool(self.feature_maps(faces))
+
+    def feature_maps(self, faces: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) → the backbone's last feature map (M, C, h, w): timm's `forward_features`,
+        EfficientNet's `conv_head` → `bn2` + activation (1536 × 7 × 7 for B3), Grad-CAM's layer."""
+        return self.backbone.forward_features(faces.contiguous(memory_format=torch.channels_last))
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """(M, C, h, w) feature maps → (M, feature_dim): timm's `forward_head` (global pooling)."""
+        return self.backbone.forward_head(maps)
 
 
 def split_windows(
