@@ -1,18 +1,19 @@
-"""`analyze_batch`: several videos in one run, each still its own partition and its own run.
+"""`analyze_batch`: several videos in one run, each still its own partition.
 
 Why (docs/ARCHITECTURE.md §3, "Batched runs"): a run per video pays a process start, the imports
 of torch and the model libraries and a model load every time; on two cores that was most of a
-short clip's run. A batch run starts once and, for each of its videos, executes the per-video
-job (`analyze_video`, or `extract_features` for a dataset backfill) in this process with
-`JobDefinition.execute_in_process`, so imports, the loaded model (`models.checkpoint.model_store`
-caches it per process) and the ONNX face detector session are shared by the whole batch.
+short clip's run. A batch run starts once and takes its videos one after another in one pass
+each (`assets/one_pass.py`: the assets' own functions chained in memory, every asset's
+materialization logged for the video's partition), so imports, the loaded model
+(`models.checkpoint.model_store` caches it per process) and the ONNX face detector session are
+shared by the whole batch.
 
-Each video is still a run of the per-video job in the instance, tagged with its partition: the
-UI shows every partition materialized or failed on its own, the assets write the job rows and
-tables exactly as in a run of their own, and a bad video fails only its own partition and its
-own job row, with its reason, while the batch goes on. Dagster's own multi-partition runs
-(partition-range runs, `BackfillPolicy`) were not used: a range step materializes every
-partition of the range when it returns and cannot mark one of them failed
+A video whose pass raises (and every video when faces are tracked) runs the per-video job
+(`analyze_video`, or `extract_features` for a dataset backfill) in this process with
+`JobDefinition.execute_in_process`, tagged with the batch: that run fails its own partition and
+its own job row, with its reason, as a run of its own would, while the batch goes on. Dagster's
+own multi-partition runs (partition-range runs, `BackfillPolicy`) were not used: a range step
+materializes every partition of the range when it returns and cannot mark one of them failed
 (dagster-io/dagster#17836), so a bad video would either fail the whole batch or show as
 materialized.
 
@@ -28,7 +29,14 @@ import dagster as dg
 
 from assets.common import RETRY_ON_ASSET_FAILURE_TAG
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG
-from resources import PostgresResource
+from resources import (
+    ArtifactStoreResource,
+    ModelStoreResource,
+    PostgresResource,
+    SettingsResource,
+    TorchDeviceResource,
+    UploadBucketResource,
+)
 
 BATCH_JOB = "analyze_batch"
 BATCH_OP = "analyze_videos"
@@ -101,14 +109,35 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         description="Runs the per-video job for each video of the batch in this process.",
     )
     def analyze_videos(
-        context: dg.OpExecutionContext, config: BatchConfig, postgres: PostgresResource
+        context: dg.OpExecutionContext,
+        config: BatchConfig,
+        postgres: PostgresResource,
+        settings: SettingsResource,
+        artifacts: ArtifactStoreResource,
+        upload_bucket: UploadBucketResource,
+        model_store: ModelStoreResource,
+        torch_device: TorchDeviceResource,
     ) -> None:
+        from assets.one_pass import OnePass
         from sensors.job_status import record_success
 
         if config.job_name not in PER_VIDEO_JOBS:
             raise dg.Failure(f"unknown per-video job {config.job_name!r}; one of {', '.join(PER_VIDEO_JOBS)}")
         job = per_video_job(config.job_name)
         db = postgres.db()
+
+        def load_model() -> tuple:
+            device = torch_device.torch_device()
+            return (*model_store.load(device), device)
+
+        one_pass = OnePass(
+            artifacts.store(),
+            db,
+            settings.get(),
+            upload_bucket.bucket().storage_options,
+            load_model,
+            context.log.warning,
+        )
         done, failed, infra = [], {}, {}
         for video_id in dict.fromkeys(config.video_ids):  # a key twice in one batch runs once
             row = db.get_job(video_id)
@@ -128,6 +157,17 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
                 )
                 failed[video_id] = str(row.get("reason") or "failed on its input")
                 continue
+            if one_pass.handles():
+                try:
+                    events = one_pass.run(video_id, config.job_name, context.run_id)
+                except Exception as exc:  # the video's own run records the failure (or passes)
+                    context.log.info(f"{video_id}: {type(exc).__name__}: {exc}; running it on its own")
+                else:
+                    for event in events:
+                        context.log_event(event)
+                    record_success(db, video_id, config.job_name, context.run_id)
+                    done.append(video_id)
+                    continue
             video = db.get_video(video_id) or {}
             tags = {
                 BATCH_RUN_TAG: context.run_id,

@@ -11,9 +11,12 @@ from assets.common import image_md
 from assets.model import audio_embeddings, predictions
 from assets.partitions import videos_partitions
 from dagster_deepfake import stages
+from dagster_deepfake.config import Settings
 from dagster_deepfake.evidence import Evidence
 from dagster_deepfake.report import build_document
 from dagster_deepfake.storage import stage_io
+from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.postgres import ResultsDB
 from dagster_deepfake.track_scores import rename_heat_maps, track_units
 from resources import (
     ArtifactStoreResource,
@@ -93,19 +96,24 @@ def saliency(
             device,
         )
         track_rows = None
+    return dg.MaterializeResult(metadata=record_saliency(store, video_id, explanation, track_rows))
+
+
+def record_saliency(
+    store: ArtifactStore, video_id: str, explanation: stages.Explanation, track_rows: dict | None = None
+) -> dict:
+    """The heat maps and explanation persisted, and `saliency`'s metadata."""
     stage_io.persist_explanation(store, video_id, explanation, track_rows)
     rows, agreement = explanation.anomalous_frames, explanation.modality_agreement
     thumbs = [
         image_md(explanation.heat_maps[r["face_png"]], f"frame {r['frame_id']}", "image/png") for r in rows
     ]
-    return dg.MaterializeResult(
-        metadata={
-            "frames": dg.MetadataValue.json([r["frame_id"] for r in rows]),
-            "modality_agreement": "null (no usable audio)" if agreement is None else round(agreement, 4),
-            "audio_anomalies": dg.MetadataValue.json(explanation.audio_anomalies),
-            "heat_maps": dg.MetadataValue.md(" ".join(thumbs)),
-        }
-    )
+    return {
+        "frames": dg.MetadataValue.json([r["frame_id"] for r in rows]),
+        "modality_agreement": "null (no usable audio)" if agreement is None else round(agreement, 4),
+        "audio_anomalies": dg.MetadataValue.json(explanation.audio_anomalies),
+        "heat_maps": dg.MetadataValue.md(" ".join(thumbs)),
+    }
 
 
 @dg.asset(
@@ -122,10 +130,16 @@ def report(
     artifacts: ArtifactStoreResource,
     postgres: PostgresResource,
 ) -> dg.MaterializeResult:
-    video_id = context.partition_key
-    store = artifacts.store()
-    db = postgres.db()
-    evidence = Evidence.from_store(store, db, video_id, settings.get())
+    return dg.MaterializeResult(
+        metadata=materialize_report(
+            artifacts.store(), postgres.db(), settings.get(), context.partition_key, context.run.run_id
+        )
+    )
+
+
+def materialize_report(store: ArtifactStore, db: ResultsDB, s: Settings, video_id: str, run_id: str) -> dict:
+    """`report`'s work (also a batch's): the document from what the stages stored; the job completed."""
+    evidence = Evidence.from_store(store, db, video_id, s)
     document = build_document(evidence, lambda name: stage_io.saliency_url(store, video_id, name))
     payload = json.loads(document.to_json())
     store.write_table(
@@ -143,25 +157,23 @@ def report(
             ]
         ),
     )
-    db.record_analysis(video_id, document.metadata.model_version, result=payload, run_id=context.run.run_id)
-    db.set_job_status(video_id, "completed", result=payload, run_id=context.run.run_id)
+    db.record_analysis(video_id, document.metadata.model_version, result=payload, run_id=run_id)
+    db.set_job_status(video_id, "completed", result=payload, run_id=run_id)
     pred = document.prediction
     add = document.additions
     banner = "" if add.weights == "trained" else "**⚠ UNTRAINED WEIGHTS — not a forensic verdict.**\n\n"
-    return dg.MaterializeResult(
-        metadata={
-            "verdict": pred.overall_class,
-            "p_fake": dg.MetadataValue.float(round(pred.manipulation_confidence, 4)),
-            "interval": dg.MetadataValue.json(list(pred.confidence_interval)),
-            "modality_agreement": pred.modality_agreement if pred.modality_agreement is not None else "null",
-            "model_version": document.metadata.model_version,
-            "weights": add.weights,
-            "document": dg.MetadataValue.json(payload),
-            "summary": dg.MetadataValue.md(
-                banner + f"### {pred.overall_class.upper()} — P(fake) {pred.manipulation_confidence:.3f} "
-                f"[{pred.confidence_interval[0]:.3f}, {pred.confidence_interval[1]:.3f}]\n\n"
-                f"modalities: {', '.join(add.modalities_used)} · agreement: {pred.modality_agreement} · "
-                f"frames analysed: {document.metadata.frames_analyzed} · model {document.metadata.model_version}"
-            ),
-        }
-    )
+    return {
+        "verdict": pred.overall_class,
+        "p_fake": dg.MetadataValue.float(round(pred.manipulation_confidence, 4)),
+        "interval": dg.MetadataValue.json(list(pred.confidence_interval)),
+        "modality_agreement": pred.modality_agreement if pred.modality_agreement is not None else "null",
+        "model_version": document.metadata.model_version,
+        "weights": add.weights,
+        "document": dg.MetadataValue.json(payload),
+        "summary": dg.MetadataValue.md(
+            banner + f"### {pred.overall_class.upper()} — P(fake) {pred.manipulation_confidence:.3f} "
+            f"[{pred.confidence_interval[0]:.3f}, {pred.confidence_interval[1]:.3f}]\n\n"
+            f"modalities: {', '.join(add.modalities_used)} · agreement: {pred.modality_agreement} · "
+            f"frames analysed: {document.metadata.frames_analyzed} · model {document.metadata.model_version}"
+        ),
+    }

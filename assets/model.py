@@ -1,13 +1,19 @@
 """`audio_embeddings` and `predictions`: the contract model on one video's cached features."""
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from assets.common import image_md
 from assets.partitions import videos_partitions
 from assets.perception import aligned_faces, audio, optical_flow
 from dagster_deepfake import stages
+from dagster_deepfake.config import Settings
 from dagster_deepfake.plots import line_plot_png
+from dagster_deepfake.scoring import ScoredVideo
 from dagster_deepfake.storage import stage_io
+from dagster_deepfake.storage.artifacts import ArtifactStore
+from dagster_deepfake.storage.postgres import ResultsDB
 from dagster_deepfake.track_scores import (
     pick_primary,
     track_prediction_table,
@@ -43,21 +49,26 @@ def audio_embeddings(
     device = torch_device.torch_device()
     members, _ = model_store.load(device)
     audio_in = stage_io.load_audio(store, video_id)
+    _, metadata = materialize_audio_embeddings(store, video_id, members, audio_in, device)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def materialize_audio_embeddings(
+    store: ArtifactStore, video_id: str, members: stages.Members, audio_in: stages.AudioInput, device: str
+) -> tuple[list[stages.AudioEmbeddings], dict]:
+    """`audio_embeddings`' work (also a batch's)."""
     # Each ensemble member has its own audio encoder, so each encodes the speech itself.
     embeddings = [stages.audio_embeddings_stage(model, audio_in, device) for model, _ in members]
     stage_io.persist_audio_embeddings(store, video_id, embeddings)
     first, manifest = embeddings[0], members[0][1]
-    dim = members[0][0].config.audio.projection_dim
-    return dg.MaterializeResult(
-        metadata={
-            "frames_20ms": len(first.features),
-            "speech_frames": int(first.valid.sum()),
-            "dim": dim,
-            "members": len(embeddings),
-            "used": "audio" if first.used else "no usable audio: the learned no-audio embedding stands in",
-            "audio_encoder_pretrained": manifest.pretrained.audio_encoder,
-        }
-    )
+    return embeddings, {
+        "frames_20ms": len(first.features),
+        "speech_frames": int(first.valid.sum()),
+        "dim": members[0][0].config.audio.projection_dim,
+        "members": len(embeddings),
+        "used": "audio" if first.used else "no usable audio: the learned no-audio embedding stands in",
+        "audio_encoder_pretrained": manifest.pretrained.audio_encoder,
+    }
 
 
 @dg.asset(
@@ -108,11 +119,27 @@ def predictions(
         faces = stage_io.load_face_crops(store, video_id)
         flow = stage_io.load_flow_features(store, video_id)
         scored = stages.predictions_stage(members, faces.crops, flow, faces.timestamps, embeddings, s, device)
+    return dg.MaterializeResult(
+        metadata=record_predictions(store, postgres.db(), s, video_id, scored, warnings, context.log.warning)
+        | {"face_tracks": dg.MetadataValue.json(face_tracks or "off (data.faces.max_faces: 1)")}
+    )
+
+
+def record_predictions(
+    store: ArtifactStore,
+    db: ResultsDB,
+    s: Settings,
+    video_id: str,
+    scored: ScoredVideo,
+    warnings: list[str],
+    warn: Callable[[str], None],
+) -> dict:
+    """The verdict's tables and row (`windows`, `predictions`, PostgreSQL) and `predictions`' metadata."""
     store.write_table("windows", video_id, stage_io.window_table(video_id, scored))
     store.write_table("predictions", video_id, stage_io.prediction_table(video_id, scored, warnings))
-    postgres.db().upsert_prediction(video_id=video_id, n_windows=len(scored.window_probs), **scored.row())
+    db.upsert_prediction(video_id=video_id, n_windows=len(scored.window_probs), **scored.row())
     for warning in warnings:
-        context.log.warning(f"{video_id}: {warning}")
+        warn(f"{video_id}: {warning}")
     centers = [(a + b) / 2 for a, b in scored.window_spans]
     plot = line_plot_png(
         centers,
@@ -122,22 +149,19 @@ def predictions(
         hline=s.model.classification.threshold,
     )
     weights_banner = "" if scored.trained else "**⚠ UNTRAINED WEIGHTS — not a forensic verdict.** "
-    return dg.MaterializeResult(
-        metadata={
-            "verdict": f"{scored.verdict.upper()}",
-            "p_fake": dg.MetadataValue.float(round(scored.p_fake, 4)),
-            "interval": f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}] ({scored.interval_method})",
-            "model_version": scored.model_version,
-            "weights": scored.weights,
-            "pretrained": dg.MetadataValue.json(scored.pretrained),
-            "modalities": ", ".join(scored.modalities),
-            "windows": len(scored.window_probs),
-            "precision": scored.precision,
-            "face_tracks": dg.MetadataValue.json(face_tracks or "off (data.faces.max_faces: 1)"),
-            "summary": dg.MetadataValue.md(
-                weights_banner + f"Verdict **{scored.verdict}**, P(fake) = {scored.p_fake:.3f} "
-                f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}]\n\n"
-                + image_md(plot, "P(fake) per window", "image/png")
-            ),
-        }
-    )
+    return {
+        "verdict": f"{scored.verdict.upper()}",
+        "p_fake": dg.MetadataValue.float(round(scored.p_fake, 4)),
+        "interval": f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}] ({scored.interval_method})",
+        "model_version": scored.model_version,
+        "weights": scored.weights,
+        "pretrained": dg.MetadataValue.json(scored.pretrained),
+        "modalities": ", ".join(scored.modalities),
+        "windows": len(scored.window_probs),
+        "precision": scored.precision,
+        "summary": dg.MetadataValue.md(
+            weights_banner + f"Verdict **{scored.verdict}**, P(fake) = {scored.p_fake:.3f} "
+            f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}]\n\n"
+            + image_md(plot, "P(fake) per window", "image/png")
+        ),
+    }

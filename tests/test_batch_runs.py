@@ -1,5 +1,5 @@
 """Batched runs (assets/batch.py): several videos in one `analyze_batch` run, each still its own
-partition and its own run. A bad video fails only its own partition and job row, with its reason;
+partition; a video whose one pass fails runs on its own to record it. A bad video fails only its own partition and job row, with its reason;
 the others complete and show as materialized; every table holds exactly one row per video, and a
 second attempt of the same batch duplicates nothing. Real PostgreSQL, ffmpeg, face detector; the
 `tiny` model."""
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
@@ -64,9 +65,9 @@ def _rows(db, table, video_id: str) -> int:
         )
 
 
-def _run_batch(defs, instance, ids):
+def _run_batch(defs, instance, ids, job_name="analyze_video"):
     return defs.resolve_job_def(BATCH_JOB).execute_in_process(
-        run_config={"ops": {BATCH_OP: {"config": {"video_ids": ids, "job_name": "analyze_video"}}}},
+        run_config={"ops": {BATCH_OP: {"config": {"video_ids": ids, "job_name": job_name}}}},
         instance=instance,
         raise_on_error=False,
     )
@@ -90,18 +91,31 @@ def test_bad_video_in_a_batch_fails_only_its_own_partition(tiny_settings, db, tm
     bad = db.get_job(b)
     assert bad["status"] == "failed" and "no face found" in bad["reason"]
 
-    # Dagster: each video is a run of analyze_video of its own partition, inside this batch run.
+    # Dagster: the good videos went through the batch's one pass (assets/one_pass.py), each asset
+    # materialized for its partition by the batch run; the bad one failed its pass and then ran
+    # on its own, so its own run records the failure of its partition.
     runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_RUN_TAG: batch.run_id}))
-    by_partition = {r.tags["dagster/partition"]: r for r in runs}
-    assert sorted(by_partition) == sorted(ids) and len(runs) == 3
-    assert {r.job_name for r in runs} == {"analyze_video"}
-    assert by_partition[b].status == dg.DagsterRunStatus.FAILURE
-    assert by_partition[a].status == by_partition[c].status == dg.DagsterRunStatus.SUCCESS
+    (bad_run,) = runs
+    assert bad_run.job_name == "analyze_video" and bad_run.tags["dagster/partition"] == b
+    assert bad_run.status == dg.DagsterRunStatus.FAILURE
     for asset in PER_VIDEO_ASSETS:
         materialized = instance.get_materialized_partitions(asset.key)
         assert {a, c} <= materialized, asset.key
         if asset.key.to_user_string() in ("aligned_faces", "optical_flow", "predictions", "report"):
             assert b not in materialized, asset.key  # the failed stage and everything after it
+    for video_id in (a, c):
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("report"), asset_partitions=[video_id]), limit=1
+        ).records[0]
+        assert latest.run_id == batch.run_id
+        assert latest.asset_materialization.metadata["verdict"].value in ("real", "fake")
+    checks = [
+        e.asset_check_evaluation_data
+        for e in batch.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    assert sorted(c_.partition for c_ in checks) == sorted([a, c]) and all(c_.passed for c_ in checks)
+    assert db.get_job(a)["run_id"] == db.get_job(c)["run_id"] == batch.run_id
 
     # Exactly one row per video in every results table; none for the bad video's verdict.
     store = ArtifactStore(tiny_settings.platform.artifact_root)
@@ -124,8 +138,73 @@ def test_bad_video_in_a_batch_fails_only_its_own_partition(tiny_settings, db, tm
     rerun = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_RUN_TAG: again.run_id}))
     assert rerun == []
     assert {t.name: db.count(t) for t in (pg.videos, pg.jobs, pg.analyses, pg.predictions)} == before
-    assert db.get_job(a)["run_id"] == by_partition[a].run_id  # untouched by the retry
-    assert db.get_job(b)["run_id"] == by_partition[b].run_id and db.get_job(b)["status"] == "failed"
+    assert db.get_job(a)["run_id"] == batch.run_id  # untouched by the retry
+    assert db.get_job(b)["run_id"] == bad_run.run_id and db.get_job(b)["status"] == "failed"
+
+
+def _latest_metadata(instance, asset_key: dg.AssetKey, video_id: str) -> tuple[str, dict]:
+    (record,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[video_id]), limit=1
+    ).records
+    return record.run_id, record.asset_materialization.metadata
+
+
+@pytest.mark.parametrize("job_name", ["analyze_video", "extract_features"])
+def test_one_pass_writes_what_a_run_of_its_own_writes(tiny_settings, db, tmp_path, job_name, monkeypatch):
+    """assets/one_pass.py against the per-video job on the same video: the same tables, rows,
+    document and asset metadata (fp32 here, so both agree whatever this CPU has)."""
+    monkeypatch.setattr("dagster_deepfake.models.inference.cpu_supports_bf16", lambda *a: False)
+    clip = generate_clip(tmp_path / "p.mp4", seed=21, duration=3.0, width=320, height=240, audio="speech")
+    (video_id,) = _register(tiny_settings, db, [clip.path])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [video_id])
+    defs = _definitions(tiny_settings)
+    store = ArtifactStore(tiny_settings.platform.artifact_root)
+    assets = [a.key for a in (PER_VIDEO_ASSETS if job_name == "analyze_video" else PER_VIDEO_ASSETS[:5])]
+
+    own = defs.resolve_job_def(job_name).execute_in_process(partition_key=video_id, instance=instance)
+    assert own.success
+    tables = [t for t in PARQUET_TABLES if store.has_table(t, video_id)]
+    assert len(tables) == (8 if job_name == "analyze_video" else 5)
+    before = {t: store.read_table(t, video_id) for t in tables}
+    own_metadata = {k: _latest_metadata(instance, k, video_id) for k in assets}
+    own_result = db.get_job(video_id)["result"]
+    rows = {t.name: db.count(t) for t in (pg.videos, pg.jobs, pg.analyses, pg.predictions)}
+
+    db.set_job_status(video_id, "queued")  # the batch takes the video again
+    batch = _run_batch(defs, instance, [video_id], job_name)
+    assert batch.success
+    assert instance.get_runs(filters=dg.RunsFilter(tags={BATCH_RUN_TAG: batch.run_id})) == []  # one pass
+    for table in tables:
+        after, expected = store.read_table(table, video_id), before[table]
+        when = [c for c in after.columns if c.endswith("_at")]  # ingested_at, created_at: when it ran
+        after, expected = after.drop(columns=when), expected.drop(columns=when)
+        if table == "reports":  # the document, compared below without its timings
+            after, expected = after.drop(columns=["document"]), expected.drop(columns=["document"])
+        pd.testing.assert_frame_equal(after, expected, check_exact=False, rtol=1e-5, obj=table)
+    for key in assets:
+        run_id, metadata = _latest_metadata(instance, key, video_id)
+        assert run_id == batch.run_id, key
+        assert sorted(metadata) == sorted(own_metadata[key][1]), key
+        for name in ("faces_kept", "frame_count", "verdict", "speech_segments", "windows", "frames"):
+            if name in metadata:
+                assert metadata[name] == own_metadata[key][1][name], (key, name)
+    assert {t.name: db.count(t) for t in (pg.videos, pg.jobs, pg.analyses, pg.predictions)} == rows
+    job = db.get_job(video_id)
+    assert job["status"] == "completed" and job["run_id"] == batch.run_id
+    if job_name == "analyze_video":
+        from tests.test_parity import _flatten
+
+        ours, theirs = _flatten(job["result"]), _flatten(own_result)
+        assert sorted(ours) == sorted(theirs)
+        differ = [k for k in ours if ours[k] != theirs[k] and not _close(ours[k], theirs[k])]
+        assert differ == [] or all(k.endswith(("created_at", "analyzed_at")) for k in differ), differ
+    else:
+        assert job["result"]["stage"] == "features"
+
+
+def _close(a, b) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and abs(a - b) <= 1e-5
 
 
 def test_sensor_sends_a_tick_of_uploads_as_batches_and_a_lone_upload_alone(tiny_settings, db, tmp_path):

@@ -87,19 +87,28 @@ class FramesSummary:
     thumbnail_jpeg: bytes | None = None
 
 
-def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[SampledFrame]) -> FramesSummary:
-    """Write each sampled frame as a lossless PNG, then the frame index (old frames removed first)."""
-    store.remove_table("frames", video_id)
-    store.remove(layout.frames_dir(video_id))
-    rows, thumb = [], None
-    for frame in frames:
-        rel = layout.frame_rel(video_id, frame.frame_id)
-        store.write_bytes(rel, encode_png(frame.image))
-        thumb = thumb or thumbnail(frame.image)
+class FrameWriter:
+    """The `frames` artifact written as frames pass: each a lossless PNG, then the frame index on
+    `close` (old frames removed first). `passing(frames)` hands each frame on after writing it,
+    so a batch detects faces on the very frames it stores without decoding twice."""
+
+    COLUMNS = ("video_id", "frame_id", "timestamp", "path", "width", "height")
+
+    def __init__(self, store: ArtifactStore, video_id: str) -> None:
+        self.store, self.video_id = store, video_id
+        self.rows: list[dict] = []
+        self.thumbnail: bytes | None = None
+        store.remove_table("frames", video_id)
+        store.remove(layout.frames_dir(video_id))
+
+    def write(self, frame: SampledFrame) -> None:
+        rel = layout.frame_rel(self.video_id, frame.frame_id)
+        self.store.write_bytes(rel, encode_png(frame.image))
+        self.thumbnail = self.thumbnail or thumbnail(frame.image)
         h, w = frame.image.shape[:2]
-        rows.append(
+        self.rows.append(
             {
-                "video_id": video_id,
+                "video_id": self.video_id,
                 "frame_id": frame.frame_id,
                 "timestamp": frame.timestamp,
                 "path": rel,
@@ -107,9 +116,24 @@ def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[Sampled
                 "height": h,
             }
         )
-    table = pd.DataFrame(rows, columns=["video_id", "frame_id", "timestamp", "path", "width", "height"])
-    store.write_table("frames", video_id, table)
-    return FramesSummary(table=table, thumbnail_jpeg=thumb)
+
+    def passing(self, frames: Iterable[SampledFrame]) -> Iterator[SampledFrame]:
+        for frame in frames:
+            self.write(frame)
+            yield frame
+
+    def close(self) -> FramesSummary:
+        table = pd.DataFrame(self.rows, columns=list(self.COLUMNS))
+        self.store.write_table("frames", self.video_id, table)
+        return FramesSummary(table=table, thumbnail_jpeg=self.thumbnail)
+
+
+def persist_frames(store: ArtifactStore, video_id: str, frames: Iterable[SampledFrame]) -> FramesSummary:
+    """Write each sampled frame as a lossless PNG, then the frame index (`FrameWriter`)."""
+    writer = FrameWriter(store, video_id)
+    for frame in frames:
+        writer.write(frame)
+    return writer.close()
 
 
 def load_frames(store: ArtifactStore, video_id: str) -> Iterator[SampledFrame]:
