@@ -498,8 +498,8 @@ class PlatformConfig(_Section):
     sensor_max_objects_per_tick: int = 200
     sensor_interval_seconds: int = 15
     # Videos per run when a sensor tick finds several (docs/ARCHITECTURE.md §3): one process, one
-    # model load per batch, each video still its own partition and run record. 1 = a run per video.
-    batch_max_videos: int = Field(16, ge=1)
+    # model load per batch, each video still its own partition. 1 = a run per video.
+    batch_max_videos: int = Field(64, ge=1)
     artifact_root: str = "./.artifacts"
     postgres_url: str | None = None
     postgres_data_dir: str = "./.pgdata"
