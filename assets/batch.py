@@ -106,7 +106,8 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
 
     @dg.op(
         name=BATCH_OP,
-        description="Runs the per-video job for each video of the batch in this process.",
+        description="Each video of the batch in one pass (assets/one_pass.py), its assets reported "
+        "materialized for its partition; a video whose pass fails runs the per-video job on its own.",
     )
     def analyze_videos(
         context: dg.OpExecutionContext,
@@ -212,8 +213,8 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
 
     @dg.job(
         name=BATCH_JOB,
-        description="Several videos in one run: the per-video job for each, in this process "
-        "(one start-up and one model load per batch; each video its own partition and run).",
+        description="Several videos in one run, one pass each (one start-up and one model load per "
+        "batch; each video its own partition, a failing one its own run with its reason).",
         tags={MAX_RETRIES_TAG: "1"},
         executor_def=dg.in_process_executor,
     )
