@@ -1,6 +1,7 @@
 """`audio_embeddings` and `predictions`: the contract model on one video's cached features."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -10,7 +11,6 @@ from assets.perception import aligned_faces, audio, optical_flow
 from dagster_deepfake import stages
 from dagster_deepfake.config import Settings
 from dagster_deepfake.plots import line_plot_png
-from dagster_deepfake.scoring import ScoredVideo
 from dagster_deepfake.storage import stage_io
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.postgres import ResultsDB
@@ -27,6 +27,9 @@ from resources import (
     SettingsResource,
     TorchDeviceResource,
 )
+
+if TYPE_CHECKING:  # torch and the model libraries load where a model runs, not with the code location
+    from dagster_deepfake.scoring import ScoredVideo
 
 
 @dg.asset(
@@ -130,7 +133,7 @@ def record_predictions(
     db: ResultsDB,
     s: Settings,
     video_id: str,
-    scored: ScoredVideo,
+    scored: "ScoredVideo",
     warnings: list[str],
     warn: Callable[[str], None],
 ) -> dict:

@@ -11,8 +11,6 @@ from pydantic import Field
 
 from assets.common import image_md
 from dagster_deepfake.config import with_training_config
-from dagster_deepfake.models.publish import publish_checkpoint, training_run_dir
-from dagster_deepfake.models.weights_store import imported_weights_dir
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.training import registered
 from dagster_deepfake.training.features import StoreFeatureSource
@@ -73,6 +71,8 @@ def trained_model(
     artifacts: ArtifactStoreResource,
     torch_device: TorchDeviceResource,
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.models.publish import publish_checkpoint, training_run_dir
+    from dagster_deepfake.models.weights_store import imported_weights_dir
     from dagster_deepfake.training.loop import train_detector
 
     s = settings.get()
@@ -171,6 +171,7 @@ def trained_model(
 def calibration(
     settings: SettingsResource, artifacts: ArtifactStoreResource, torch_device: TorchDeviceResource
 ) -> dg.MaterializeResult:
+    from dagster_deepfake.models.publish import publish_checkpoint
     from dagster_deepfake.models.store import synced_current_dir
     from dagster_deepfake.training.calibrate import calibrate_checkpoint
 

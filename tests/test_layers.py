@@ -42,3 +42,18 @@ def test_artifact_paths_are_spelled_in_one_module():
             if is_str and node.value.startswith(("videos/", "tables/", "datasets/", "models/")):
                 spelled.append(f"{path.name}: {node.value!r}")
     assert not spelled, spelled
+
+
+def test_the_code_location_loads_without_the_model_libraries():
+    """The daemon starts a fresh code server every minute to refresh its workspace (and the
+    webserver one per location): importing torch, transformers and timm there cost each about
+    10 s of CPU and 1 GB (issue 20). Only a run that executes a model imports them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, code_location.definitions, sensors.uploads;"
+        "print(sorted(m for m in ('torch', 'transformers', 'timm', 'pytorch_grad_cam') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
