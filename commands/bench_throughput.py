@@ -312,7 +312,7 @@ def markdown(tp: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
         f"| in one process (models loaded once) | {tp['clips']} | {tp['in_process_s']:.1f} | "
         f"{tp['in_process_videos_per_hour']:.0f} | 100 % | – | – |",
-        f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {tp['batched_runs']} runs, default launcher) | "
+        f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {tp['batched_runs']} run{'s' if tp['batched_runs'] != 1 else ''}, default launcher) | "
         f"{tp['clips']} | {tp['batched_wall_s']:.1f} | {tp['batched_videos_per_hour']:.0f} | "
         f"{tp['batched_share_of_in_process']:.0%} | {tp['batched_orchestration_s_per_video']:.2f} | "
         f"{tp['batched_peak_rss_mb']} |",
