@@ -123,8 +123,9 @@ def predictions(
         flow = stage_io.load_flow_features(store, video_id)
         scored = stages.predictions_stage(members, faces.crops, flow, faces.timestamps, embeddings, s, device)
     return dg.MaterializeResult(
-        metadata=record_predictions(store, postgres.db(), s, video_id, scored, warnings, context.log.warning)
-        | {"face_tracks": dg.MetadataValue.json(face_tracks or "off (data.faces.max_faces: 1)")}
+        metadata=record_predictions(
+            store, postgres.db(), s, video_id, scored, warnings, context.log.warning, face_tracks
+        )
     )
 
 
@@ -136,8 +137,10 @@ def record_predictions(
     scored: "ScoredVideo",
     warnings: list[str],
     warn: Callable[[str], None],
+    face_tracks: dict[str, float] | None = None,
 ) -> dict:
-    """The verdict's tables and row (`windows`, `predictions`, PostgreSQL) and `predictions`' metadata."""
+    """The verdict's tables and row (`windows`, `predictions`, PostgreSQL) and `predictions`' metadata;
+    `face_tracks`: each track's P(fake) when faces are tracked."""
     store.write_table("windows", video_id, stage_io.window_table(video_id, scored))
     store.write_table("predictions", video_id, stage_io.prediction_table(video_id, scored, warnings))
     db.upsert_prediction(video_id=video_id, n_windows=len(scored.window_probs), **scored.row())
@@ -162,6 +165,7 @@ def record_predictions(
         "modalities": ", ".join(scored.modalities),
         "windows": len(scored.window_probs),
         "precision": scored.precision,
+        "face_tracks": dg.MetadataValue.json(face_tracks or "off (data.faces.max_faces: 1)"),
         "summary": dg.MetadataValue.md(
             weights_banner + f"Verdict **{scored.verdict}**, P(fake) = {scored.p_fake:.3f} "
             f"[{scored.ci_low:.3f}, {scored.ci_high:.3f}]\n\n"

@@ -121,9 +121,7 @@ class OnePass:
         scored = stages.predictions_stage(
             members, faces.crops, flow, faces.timestamps, embeddings, s, device, keep_feature_maps=True
         )
-        out["predictions"] = record_predictions(store, db, s, video_id, scored, warnings, self.warn) | {
-            "face_tracks": dg.MetadataValue.json("off (data.faces.max_faces: 1)")
-        }
+        out["predictions"] = record_predictions(store, db, s, video_id, scored, warnings, self.warn)
         explanation = stages.saliency_stage(
             members[0][0],
             faces.crops,
