@@ -54,7 +54,7 @@ def materialize_raw_video(
     storage_options: dict | None,
     warn: Callable[[str], None],
 ) -> tuple[stages.ProbedVideo, dict]:
-    """`raw_video`'s work (also a batch's, assets/batch_fast.py): ingest, probe, the `videos` rows.
+    """`raw_video`'s work (also a batch's, assets/one_pass.py): ingest, probe, the `videos` rows.
     Raises DeepfakeError when the input is at fault."""
     video = db.get_video(video_id)
     if video is None:

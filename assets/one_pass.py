@@ -7,7 +7,7 @@ functions the assets call (`materialize_*` / `record_*` in assets/ingest.py, per
 model.py, explain.py), hands arrays from one to the next in memory, writes every artifact, table
 and row the assets write, and reports each asset's materialization for the video's partition
 (`AssetMaterialization` with the assets' own metadata) and the face-coverage check. The result
-is the same as a per-video run's (tests/test_batch_one_pass.py compares them).
+is the same as a per-video run's (tests/test_batch_runs.py compares them).
 
 What stays a per-video run: faces as tracks (`data.faces.max_faces` > 1), and every video whose
 pass raises. Its own run then records the failure the way a run of its own does (the partition
