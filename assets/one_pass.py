@@ -42,10 +42,6 @@ if TYPE_CHECKING:
     from dagster_deepfake.storage.artifacts import ArtifactStore
     from dagster_deepfake.storage.postgres import ResultsDB
 
-# The assets each per-video job materializes, in order (code_location/definitions.py).
-FEATURE_ASSET_NAMES = ("raw_video", "frames", "aligned_faces", "optical_flow", "audio")
-VERDICT_ASSET_NAMES = ("audio_embeddings", "predictions", "saliency", "report")
-
 
 @dataclass
 class OnePass:
@@ -96,7 +92,7 @@ class OnePass:
                 for name, md in out.items()
             ),
             dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey("aligned_faces"),
+                asset_key=face_coverage_check.check_key.asset_key,
                 check_name=face_coverage_check.check_key.name,
                 partition=video_id,
                 **check,
