@@ -120,6 +120,7 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         torch_device: TorchDeviceResource,
     ) -> None:
         from assets.one_pass import OnePass
+        from dagster_deepfake.runtime import collector_paused, in_background
         from sensors.job_status import record_success
 
         if config.job_name not in PER_VIDEO_JOBS:
@@ -128,15 +129,19 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         db = postgres.db()
 
         def load_model() -> tuple:
-            device = torch_device.torch_device()
+            with collector_paused():  # the model code's imports (dagster_deepfake/runtime.py)
+                device = torch_device.torch_device()
             return (*model_store.load(device), device)
 
+        # Loaded beside the first video's decoding and face detection (runtime.py); a feature
+        # backfill (extract_features) needs no model.
+        loading = in_background(load_model) if config.job_name == "analyze_video" else None
         one_pass = OnePass(
             artifacts.store(),
             db,
             settings.get(),
             upload_bucket.bucket().storage_options,
-            load_model,
+            loading.result if loading else load_model,
             context.log.warning,
         )
         done, failed, infra = [], {}, {}

@@ -64,6 +64,7 @@ def analyze_file(
     from dagster_deepfake.evidence import Evidence
     from dagster_deepfake.media.images import decode_image, encode_jpeg
     from dagster_deepfake.report import build_document
+    from dagster_deepfake.runtime import in_background, keep_freed_memory
     from dagster_deepfake.storage.stage_io import prediction_table
     from dagster_deepfake.track_scores import (
         face_entries,
@@ -74,6 +75,7 @@ def analyze_file(
         track_window_table,
     )
 
+    keep_freed_memory()  # frames and activations reuse freed memory (runtime.py)
     timer = StageTimer()
     path = Path(path)
     if device is None and settings.platform.device.startswith("cuda"):
@@ -85,6 +87,10 @@ def analyze_file(
     with timer.stage("probe"):
         probed = stages.probe_stage(path, settings)
     video_id, probe = probed.video_id, probed.probe
+    # The model code's imports (~6 s on one core, docs/ARCHITECTURE.md §7) and the checkpoint
+    # load run in a thread beside decoding and face detection, which spend their time in ffmpeg
+    # and ONNX Runtime with the GIL released (runtime.py): start-up overlaps the first stages.
+    loading = in_background(_load_members, settings, model_config, device)
     # Frames are decoded once and streamed into the detector batch by batch. Grad-CAM later
     # overlays its top frames, which are known only after scoring: each frame is kept as a
     # JPEG (~0.1 MB at 720p) rather than as raw RGB (2.7 MB), so memory stays small.
@@ -107,24 +113,8 @@ def analyze_file(
         audio = stages.audio_stage(path, probe, settings)
         audio_in = stages.AudioInput.from_pcm(audio.pcm, audio.speech.mask_20ms, audio.speech.segments)
     with timer.stage("model load"):
-        from dagster_deepfake.models.inference import select_device
-        from dagster_deepfake.models.store import load_ensemble
-        from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
-
-        device = device or select_device(settings.platform.device)
-        p = settings.platform
-        # Where training publishes: a checkpoint trained on another host is synced first.
-        artifacts = ArtifactStore(
-            p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
-        )
-        members, model_warnings = load_ensemble(
-            p.checkpoint,
-            p.model_dir,
-            model_config or settings.model,
-            settings.inference.ensemble_size,
-            device,
-            artifacts,
-        )
+        # Waits only for what the background load (started after the probe) has not yet done.
+        device, members, model_warnings = loading.result()
     with timer.stage("model"):
         embeddings = [stages.audio_embeddings_stage(m, audio_in, device) for m, _ in members]
         scores = [
@@ -200,6 +190,34 @@ def analyze_file(
         heat_map_dir=str(heat_dir) if heat_dir else None,
         timings=dict(timer.seconds),
     )
+
+
+def _load_members(
+    settings: Settings, model_config: str | None, device: str | None
+) -> tuple[str, list[tuple[Any, Any]], list[str]]:
+    """The device and the ensemble's (model, manifest) members with their warnings."""
+    from dagster_deepfake.runtime import collector_paused
+
+    with collector_paused():  # torch, transformers, timm: ~1.5 s less (runtime.py)
+        from dagster_deepfake.models.inference import select_device
+        from dagster_deepfake.models.store import load_ensemble
+        from dagster_deepfake.storage.artifacts import ArtifactStore, s3_storage_options
+
+    device = device or select_device(settings.platform.device)
+    p = settings.platform
+    # Where training publishes: a checkpoint trained on another host is synced first.
+    artifacts = ArtifactStore(
+        p.artifact_root, s3_storage_options(p.artifact_root, p.s3_endpoint_url, p.s3_region)
+    )
+    members, warnings = load_ensemble(
+        p.checkpoint,
+        p.model_dir,
+        model_config or settings.model,
+        settings.inference.ensemble_size,
+        device,
+        artifacts,
+    )
+    return device, members, warnings
 
 
 def _heat_map_root(video: Path, out_dir: str | Path | None) -> Path:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from safetensors.torch import load_file, load_model, save_model
 
 from dagster_deepfake.provenance import weights_sha256
+from dagster_deepfake.runtime import keep_freed_memory
 from dagster_deepfake.storage.keys import sha256_file
 
 from .configuration import DetectorConfig
@@ -245,6 +246,7 @@ class ModelStore:
             key = (f"untrained:{config_name}", str(map_location))
         with self._lock:
             if key not in self._cache:
+                keep_freed_memory()  # this process runs a model: its activations reuse memory (runtime.py)
                 if checkpoint_dir:
                     self._cache[key] = load_checkpoint(checkpoint_dir, map_location)
                 else:
