@@ -757,3 +757,15 @@ def test_hostile_media_table(ffmpeg_video, tmp_path, lying_header, resolution_bo
         *rows,
     ]
     write_reliability_section("hostile-media", lines)
+
+
+def test_frame_png_is_lossless_with_the_fast_filter() -> None:
+    """Frames are stored as PNG with one fixed row filter (media/images.py): still bit-exact."""
+    from dagster_deepfake.media.images import decode_image, encode_png
+
+    rng = np.random.default_rng(3)
+    gradient = np.broadcast_to(np.arange(320, dtype=np.uint16)[None, :, None] % 256, (180, 320, 3))
+    for image in (rng.integers(0, 256, (180, 320, 3), dtype=np.uint8), gradient.astype(np.uint8)):
+        png = encode_png(np.ascontiguousarray(image))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        np.testing.assert_array_equal(decode_image(png), image)

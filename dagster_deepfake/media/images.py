@@ -5,11 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+#: libpng's "up" filter on every row instead of its per-row search over all five: measured on
+#: sampled 240p/720p frames, 4.5/30 ms per frame against 7.5/57 ms, files 4-5 % smaller, decoding
+#: faster too. A batch run writes every sampled frame (docs/ARCHITECTURE.md §7).
+PNG_OPTIONS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
 
 def encode_png(image_rgb: np.ndarray, compression: int = 1) -> bytes:
     """Lossless PNG of an RGB image (fast compression: frames are written once, read a few times)."""
     ok, buf = cv2.imencode(
-        ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression]
+        ".png",
+        cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_PNG_COMPRESSION, compression, *PNG_OPTIONS],
     )
     if not ok:
         raise RuntimeError("PNG encoding failed")
