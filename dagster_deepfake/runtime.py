@@ -21,7 +21,6 @@ released, so the model is loaded `in_background` beside the first video's first 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import threading
@@ -55,12 +54,9 @@ def keep_freed_memory() -> bool:
 def _raise_malloc_thresholds() -> bool:
     if any(name in os.environ for name in OPERATOR_SETTINGS):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+    try:  # the C library this process already runs on; find_library would spawn ldconfig
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no mallopt (macOS, Windows): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mmap first: setting either turns glibc's dynamic threshold off, and a trim threshold
