@@ -5,8 +5,8 @@ with a fresh `mmap`, gives it back on `free`, and trims the heap's free top abov
 threshold. The backbone's activations (tens of MB per layer for a batch of faces) and decoded
 frames are allocated and freed thousands of times per video, so each pass pays its page faults
 again: measured on the 2-core build machine (AMD EPYC, bf16), `analyze` of a 30 s 720p clip
-took 1.45 M minor faults and the model stage 6–7 s; with both thresholds raised, 0.3 M faults
-and 3.6–4.5 s, at the same peak RSS (docs/ARCHITECTURE.md §7). The cost is that a process
+took 1.5 M minor faults and the model stage 6.2–7.6 s; with both thresholds raised, 0.35 M
+faults and 3.2–3.8 s (alternating runs), at the same peak RSS (docs/ARCHITECTURE.md §7). The cost is that a process
 keeps its peak heap resident until it exits, which a run worker or `analyze` does soon anyway.
 A threshold the operator set (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
 `GLIBC_TUNABLES`) wins; off glibc this does nothing.
