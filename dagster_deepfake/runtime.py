@@ -16,13 +16,26 @@ garbage collector walks them again and again while it does (measured: 6.1–6.5 
 4.5–5.0 s without); nothing those imports create is garbage. And they need one core for
 seconds while decoding and face detection spend theirs in ffmpeg and ONNX Runtime with the GIL
 released, so the model is loaded `in_background` beside the first video's first stages.
+
+**Cores.** One analysis process keeps two cores only ~1.25 busy (ffprobe/ffmpeg waits, GIL-bound
+glue between the parallel kernels), and two processes that each size their thread pools to the
+whole machine fight over it: measured on the 2-core build machine, 40 short clips took 60–65 s
+in one process, 93 s as two processes side by side with default threads, and 45–52 s as two
+processes each pinned to one core (docs/ARCHITECTURE.md §7). `claim_cpu_slot` gives a process
+one of `slots` equal shares of this host's cores, held by an advisory file lock until it exits,
+before any thread pool exists: torch (OpenMP), ONNX Runtime, OpenCV and ffmpeg children all
+size themselves from the affinity mask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import gc
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -96,3 +109,54 @@ def in_background(fn: Callable[..., T], *args: Any, name: str = "model-load") ->
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+_slot: tuple[int, list[int]] | None = None  # (lock file descriptor, cores) once claimed
+
+
+def cpu_slot_dir() -> str:
+    """Where slot lock files live: this host's temp folder, per user (runs of one host share it)."""
+    return os.path.join(tempfile.gettempdir(), f"dagster-deepfake-cpu-slots-{os.getuid()}")
+
+
+def claim_cpu_slot(slots: int, lock_dir: str | None = None) -> list[int] | None:
+    """Pin this process to a free one of `slots` equal shares of its cores; the cores, or None.
+
+    None (nothing changes) when `slots` <= 1, there are fewer cores than slots, or every slot is
+    held (more processes than slots: they share the machine as before). Once per process; the
+    lock is released when the process exits, however it exits.
+    """
+    global _slot
+    with _lock:
+        if _slot is not None:
+            return list(_slot[1])
+        cores = sorted(os.sched_getaffinity(0))
+        if slots <= 1 or len(cores) < slots:
+            return None
+        folder = lock_dir or cpu_slot_dir()
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        per = len(cores) // slots
+        for i in range(slots):
+            fd = os.open(os.path.join(folder, f"slot-{i}-of-{slots}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            share = cores[i * per : (i + 1) * per]
+            _pin(share)
+            _slot = (fd, share)
+            return list(share)
+        return None
+
+
+def _pin(cores: list[int]) -> None:
+    """Every thread of this process onto `cores` (sched_setaffinity is per thread on Linux), and
+    the pools that already exist resized."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cores)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(len(cores))
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(len(cores))
