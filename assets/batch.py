@@ -17,18 +17,24 @@ materializes every partition of the range when it returns and cannot mark one of
 (dagster-io/dagster#17836), so a bad video would either fail the whole batch or show as
 materialized.
 
+A tick with enough videos is split into `platform.side_by_side_runs` runs that run at once, each
+pinned to its share of the host's cores (docs/CONFIG.md "Side by side", `runtime.claim_cpu_slot`):
+one process leaves a quarter of two cores idle, and two unpinned ones fight over both.
+
 Infrastructure failures (a database or the store down) fail the batch run after the other
 videos, so the instance's `run_retries` re-run it; a retry skips the videos already completed and
 those that failed on their own input (never retried, DESIGN §9).
 """
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 
 import dagster as dg
 
 from assets.common import RETRY_ON_ASSET_FAILURE_TAG
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG
+from dagster_deepfake.config import Settings
 from resources import (
     ArtifactStoreResource,
     ModelStoreResource,
@@ -47,6 +53,8 @@ PER_VIDEO_JOBS = ("analyze_video", "extract_features")
 # Dagster's run tags for retries: a per-video run inside a batch is never retried on its own.
 MAX_RETRIES_TAG = "dagster/max_retries"
 RETRY_NUMBER_TAG = "dagster/retry_number"
+# On batch runs started side by side: how many share this host's cores (each claims one share).
+CPU_SLOTS_TAG = "dagster-deepfake/cpu_slots"
 
 
 class BatchConfig(dg.Config):
@@ -57,7 +65,7 @@ class BatchConfig(dg.Config):
 
 
 def batch_run_request(
-    video_ids: Sequence[str], job_name: str, tags: dict[str, str] | None = None
+    video_ids: Sequence[str], job_name: str, tags: dict[str, str] | None = None, cpu_slots: int = 1
 ) -> dg.RunRequest:
     """One `analyze_batch` run for `video_ids`; its run key is the batch's content, so a tick
     evaluated twice never starts the same batch twice."""
@@ -66,8 +74,28 @@ def batch_run_request(
         job_name=BATCH_JOB,
         run_key=f"batch:{digest}",
         run_config={"ops": {BATCH_OP: {"config": {"video_ids": list(video_ids), "job_name": job_name}}}},
-        tags={**(tags or {}), "dagster-deepfake/videos": str(len(video_ids))},
+        tags={
+            **(tags or {}),
+            "dagster-deepfake/videos": str(len(video_ids)),
+            **({CPU_SLOTS_TAG: str(cpu_slots)} if cpu_slots > 1 else {}),
+        },
     )
+
+
+def batch_run_requests(
+    video_ids: Sequence[str], job_name: str, settings: Settings, tags: dict[str, str] | None = None
+) -> list[dg.RunRequest]:
+    """A tick's videos as batch runs: at most `platform.batch_max_videos` each, and split in
+    `platform.side_by_side_runs` runs (each pinned to its share of the cores) once every run
+    gets two videos or more."""
+    p = settings.platform
+    n = len(video_ids)
+    runs = math.ceil(n / p.batch_max_videos)
+    side_by_side = p.side_by_side_runs > 1 and n >= 2 * p.side_by_side_runs
+    if side_by_side:
+        runs = max(runs, p.side_by_side_runs)
+    slots = p.side_by_side_runs if side_by_side else 1
+    return [batch_run_request(ids, job_name, tags, slots) for ids in chunks(video_ids, math.ceil(n / runs))]
 
 
 def batch_video_ids(run: dg.DagsterRun) -> list[str]:
@@ -120,11 +148,20 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         torch_device: TorchDeviceResource,
     ) -> None:
         from assets.one_pass import OnePass
-        from dagster_deepfake.runtime import collector_paused, in_background
+        from dagster_deepfake.runtime import claim_cpu_slot, collector_paused, in_background
         from sensors.job_status import record_success
 
         if config.job_name not in PER_VIDEO_JOBS:
             raise dg.Failure(f"unknown per-video job {config.job_name!r}; one of {', '.join(PER_VIDEO_JOBS)}")
+        # Before any thread pool exists (runtime.py, "Cores"): a run started beside others takes its share.
+        slots = int(context.run.tags.get(CPU_SLOTS_TAG, "1"))
+        if slots > 1:
+            cores = claim_cpu_slot(slots)
+            context.log.info(
+                f"side by side with {slots - 1} other run(s): pinned to cores {cores}"
+                if cores
+                else f"every one of the {slots} core shares is taken: sharing all cores"
+            )
         job = per_video_job(config.job_name)
         db = postgres.db()
 

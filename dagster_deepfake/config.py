@@ -53,6 +53,7 @@ _PLATFORM_ENV = {
     "device": "DAGSTER_DEEPFAKE_DEVICE",
     "checkpoint": "DAGSTER_DEEPFAKE_CHECKPOINT",
     "model_dir": "DAGSTER_DEEPFAKE_MODEL_DIR",
+    "side_by_side_runs": "DAGSTER_DEEPFAKE_SIDE_BY_SIDE_RUNS",
 }
 
 #: `training.optimizer` / `training.scheduler` values the training loop implements.
@@ -500,6 +501,11 @@ class PlatformConfig(_Section):
     # Videos per run when a sensor tick finds several (docs/ARCHITECTURE.md §3): one process, one
     # model load per batch, each video still its own partition. 1 = a run per video.
     batch_max_videos: int = Field(64, ge=1)
+    # Batch runs a tick's videos are split into, to run side by side, each pinned to an equal share
+    # of the host's cores (dagster_deepfake/runtime.py, docs/CONFIG.md). At most the instance's
+    # max_concurrent_runs; 1 = one run at a time using every core (and on a cluster, where each run
+    # has its own pod and the pods' cores are not this host's).
+    side_by_side_runs: int = Field(1, ge=1)
     artifact_root: str = "./.artifacts"
     postgres_url: str | None = None
     postgres_data_dir: str = "./.pgdata"

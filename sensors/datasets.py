@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 
-from assets.batch import batch_run_request, chunks
+from assets.batch import batch_run_requests
 from assets.partitions import VIDEOS_PARTITION
 from resources import PostgresResource, SettingsResource
 
@@ -72,9 +72,9 @@ def build_dataset_backfill_sensor(
             for r in taken:
                 by_dataset.setdefault(r["dataset"], []).append(r["job_id"])
             requests = [
-                batch_run_request(ids, job.name, tags={DATASET_TAG: name})
+                request
                 for name, keys in by_dataset.items()
-                for ids in chunks(keys, per_batch)
+                for request in batch_run_requests(keys, job.name, settings.get(), tags={DATASET_TAG: name})
             ]
         last = taken[-1]
         return dg.SensorResult(

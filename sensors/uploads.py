@@ -15,8 +15,9 @@ import time
 
 import dagster as dg
 
-from assets.batch import batch_run_request, chunks
+from assets.batch import batch_run_requests
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG, VIDEOS_PARTITION, videos_partitions
+from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import DeepfakeError
 from dagster_deepfake.ingest import (
     DEFAULT_LOOKBACK_SECONDS,
@@ -48,13 +49,13 @@ def run_request_for(reg: Registration, job_name: str | None = None) -> dg.RunReq
 
 
 def requests_for(
-    regs: list[Registration], batch_job: dg.JobDefinition | None, batch_max_videos: int, job_name: str
+    regs: list[Registration], batch_job: dg.JobDefinition | None, settings: Settings, job_name: str
 ) -> list[dg.RunRequest]:
-    """One run per video, or, with a batch job and several videos in the tick, one `analyze_batch`
-    run per `batch_max_videos` of them (assets/batch.py). A lone upload keeps a run of its own."""
-    if batch_job is None or batch_max_videos <= 1 or len(regs) <= 1:
+    """One run per video, or, with a batch job and several videos in the tick, `analyze_batch`
+    runs of them (assets/batch.py `batch_run_requests`). A lone upload keeps a run of its own."""
+    if batch_job is None or settings.platform.batch_max_videos <= 1 or len(regs) <= 1:
         return [run_request_for(reg, job_name) for reg in regs]
-    return [batch_run_request(ids, job_name) for ids in chunks([r.video_id for r in regs], batch_max_videos)]
+    return batch_run_requests([r.video_id for r in regs], job_name, settings)
 
 
 def build_upload_sensor(
@@ -136,7 +137,7 @@ def build_upload_sensor(
                 continue
             new_keys.append(reg.video_id)
             registered.append(reg)
-        requests = requests_for(registered, batch_job, platform.batch_max_videos, job.name)
+        requests = requests_for(registered, batch_job, settings.get(), job.name)
         if handled < len(scan.objects):
             scan = scan_with(handled)
         context.log.info(

@@ -16,7 +16,15 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from assets.batch import BATCH_JOB, BATCH_OP, BATCH_RUN_TAG, build_batch_job, chunks
+from assets.batch import (
+    BATCH_JOB,
+    BATCH_OP,
+    BATCH_RUN_TAG,
+    CPU_SLOTS_TAG,
+    batch_run_requests,
+    build_batch_job,
+    chunks,
+)
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job, extract_features_job
 from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.ingest import register_object
@@ -207,8 +215,32 @@ def _close(a, b) -> bool:
     return isinstance(a, float) and isinstance(b, float) and abs(a - b) <= 1e-5
 
 
+@pytest.mark.parametrize(
+    ("videos", "max_videos", "side_by_side", "sizes", "slots"),
+    [
+        (40, 64, 2, [20, 20], "2"),  # a burst: two runs side by side, each on its share of the cores
+        (3, 64, 2, [3], None),  # too few for two runs of two: one run on every core
+        (200, 64, 2, [50, 50, 50, 50], "2"),  # more runs than shares: the later ones wait for a share
+        (40, 64, 1, [40], None),
+        (5, 2, 1, [2, 2, 1], None),
+    ],
+)
+def test_a_tick_is_split_into_runs_side_by_side_only_when_each_gets_two_videos(
+    tiny_settings, videos, max_videos, side_by_side, sizes, slots
+):
+    tiny_settings.platform.batch_max_videos = max_videos
+    tiny_settings.platform.side_by_side_runs = side_by_side
+    keys = [f"v_{i:016x}" for i in range(videos)]
+    requests = batch_run_requests(keys, "analyze_video", tiny_settings, tags={"t": "x"})
+    ids = [r.run_config["ops"][BATCH_OP]["config"]["video_ids"] for r in requests]
+    assert [len(b) for b in ids] == sizes and sum(ids, []) == keys
+    assert {r.tags.get(CPU_SLOTS_TAG) for r in requests} == {slots}
+    assert all(r.tags["t"] == "x" for r in requests) and len({r.run_key for r in requests}) == len(requests)
+
+
 def test_sensor_sends_a_tick_of_uploads_as_batches_and_a_lone_upload_alone(tiny_settings, db, tmp_path):
     tiny_settings.platform.batch_max_videos = 2
+    tiny_settings.platform.side_by_side_runs = 1
     bucket = Path(tiny_settings.platform.upload_uri.removeprefix("file://"))
     clips = [
         generate_clip(tmp_path / f"u{i}.mp4", seed=30 + i, duration=1.0, width=320, height=240).path
