@@ -303,10 +303,12 @@ def run_bench(
             per_video_clips=per_video_clips,
             make_clip=lambda i: _clip(clips_dir, "240p", 5.0, seed=5000 + i),
             # Both paths serve the platform's configured model (the Dagster runs read the config file).
-            in_process=lambda clips: _child(
+            in_process=lambda clips, slots=1: _child(
                 [
                     "--batch",
                     ",".join(map(str, clips)),
+                    "--cpu-slots",
+                    str(slots),
                     "--model",
                     settings.model.registry_config,
                     "--model-dir",
@@ -411,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--batch", help=argparse.SUPPRESS)
     parser.add_argument("--ensemble", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-slots", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="contract", help="registry config to benchmark")
     parser.add_argument("--out", default="bench-out", help="folder for clips, bench.json and bench.md")
@@ -446,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device:
             settings.platform.device = args.device
         if args.batch:
+            from dagster_deepfake.runtime import claim_cpu_slot
+
+            claim_cpu_slot(args.cpu_slots)  # side by side with others, as batch runs are (runtime.py)
             print(json.dumps(run_batch([Path(p) for p in args.batch.split(",")], settings)))
         else:
             print(json.dumps(run_one(Path(args.one), settings, warm=args.warm)))

@@ -4,8 +4,10 @@ Dagster (bucket → upload sensor → runs → results), one run per video and i
 
 Each Dagster pass gets a throwaway instance, bucket, artifact root and results database (earlier
 runs would make the videos "already processed") and its own `dagster-daemon`; the clock starts
-once the daemon's sensor loop is up, so the daemon's own start-up is not counted. One run at a
-time (on 2 cores two runs only share the CPU). Peak memory is the largest summed RSS of the
+once the daemon's sensor loop is up, so the daemon's own start-up is not counted. Batched runs go
+`platform.side_by_side_runs` at a time, each pinned to its share of the cores, and the in-process
+loop is measured both in one process and split the same way (dagster_deepfake/runtime.py: one
+process keeps two cores ~1.25 busy); one run per video goes one at a time. Peak memory is the largest summed RSS of the
 daemon and every process below it (run workers, code server), sampled every second.
 """
 
@@ -73,7 +75,14 @@ class DagsterPass:
     """A throwaway instance + daemon; `submit` clips and wait for their jobs to finish."""
 
     def __init__(
-        self, out_dir: Path, model_dir: Path, *, batch_max_videos: int, name: str, launcher: str = "default"
+        self,
+        out_dir: Path,
+        model_dir: Path,
+        *,
+        batch_max_videos: int,
+        name: str,
+        launcher: str = "default",
+        concurrent_runs: int = 1,
     ) -> None:
         from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
@@ -94,7 +103,9 @@ class DagsterPass:
         home = self.work / "dagster_home"
         home.mkdir()
         instance_yaml = (REPO_ROOT / "deploy" / "dagster.local.yaml").read_text()
-        instance_yaml = instance_yaml.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1")
+        instance_yaml = instance_yaml.replace(
+            "max_concurrent_runs: 2", f"max_concurrent_runs: {concurrent_runs}"
+        )
         if launcher == "default":  # Dagster's DefaultRunLauncher: a fresh process per run, public API only
             instance_yaml = re.sub(r"(?ms)^run_launcher:\n(?:[ #].*?\n)+(?=^\S)", "", instance_yaml)
         elif "launchers.prefork" not in instance_yaml:
@@ -104,6 +115,7 @@ class DagsterPass:
         # The config in effect with the pass's batch size and a short sensor interval.
         config = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).read_text()
         config = re.sub(r"(?m)^  batch_max_videos: .*$", f"  batch_max_videos: {batch_max_videos}", config)
+        config = re.sub(r"(?m)^  side_by_side_runs: .*$", f"  side_by_side_runs: {concurrent_runs}", config)
         config = re.sub(r"(?m)^  sensor_interval_seconds: .*$", "  sensor_interval_seconds: 2", config)
         (self.work / "config.yaml").write_text(config)
         self.env = {
@@ -199,16 +211,33 @@ def dagster_throughput(
     *,
     per_video_clips: int = 10,
     make_clip: Callable[[int], Path],
-    in_process: Callable[[list[Path]], dict[str, Any]],
+    in_process: Callable[[list[Path], int], dict[str, Any]],
 ) -> dict[str, Any]:
-    """`n` clips in one process, then through Dagster batched; the first `per_video_clips` of them
-    one run per video; one more clip alone for the single-upload latency."""
+    """`n` clips in one process, and in `side_by_side_runs` processes side by side each pinned to
+    its share of the cores (what batch runs do, runtime.py); then through Dagster batched; the
+    first `per_video_clips` of them one run per video; one more clip alone for the single-upload
+    latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from assets.batch import chunks
+
     settings = load_settings()
+    side_by_side = settings.platform.side_by_side_runs
     model_dir = out_dir / "models"
     clips = [make_clip(i) for i in range(n)]
-    local = in_process(clips)
+    local = in_process(clips, 1)
     per_clip = sum(local["seconds"]) / n
     print(f"throughput: {n} clips in one process in {local['total_s']:.1f}s", flush=True)
+    shared_s = None
+    if side_by_side > 1:
+        parts = chunks(clips, -(-n // side_by_side))
+        with ThreadPoolExecutor(len(parts)) as pool:
+            # Timed inside each process, as the single process is: the slower one's total.
+            shared_s = max(r["total_s"] for r in pool.map(lambda part: in_process(part, side_by_side), parts))
+        print(
+            f"throughput: {n} clips in {len(parts)} pinned processes side by side in {shared_s:.1f}s",
+            flush=True,
+        )
     result: dict[str, Any] = {
         "model": settings.model.registry_config,
         "clips": n,
@@ -216,6 +245,9 @@ def dagster_throughput(
         "in_process_mean_s": round(per_clip, 3),
         "in_process_videos_per_hour": round(3600 * n / local["total_s"], 1),
         "batch_max_videos": settings.platform.batch_max_videos,
+        "side_by_side_runs": side_by_side,
+        "in_process_side_by_side_s": shared_s,
+        "in_process_side_by_side_videos_per_hour": round(3600 * n / shared_s, 1) if shared_s else None,
     }
 
     # Batched runs on Dagster's default launcher (a fresh process per run, public API only); the
@@ -226,6 +258,7 @@ def dagster_throughput(
         batch_max_videos=settings.platform.batch_max_videos,
         name="batched",
         launcher="default",
+        concurrent_runs=side_by_side,
     )
     try:
         wall, states = batched.submit(clips)
@@ -247,6 +280,10 @@ def dagster_throughput(
             "batched_videos_per_hour": round(3600 * n / wall, 1),
             "batched_share_of_in_process": round(local["total_s"] / wall, 3),
             "batched_orchestration_s_per_video": round((wall - local["total_s"]) / n, 2),
+            "batched_share_of_side_by_side": round(shared_s / wall, 3) if shared_s else None,
+            "batched_orchestration_s_per_video_side_by_side": round((wall - shared_s) / n, 2)
+            if shared_s
+            else None,
             "batched_peak_rss_mb": round(batched.peak_rss_mb),
             "single_upload_latency_s": round(latency, 1),
             "single_upload_status": next(iter(lone_state.values()), "?"),
@@ -306,21 +343,38 @@ def markdown(tp: dict[str, Any]) -> list[str]:
     """The throughput table (markdown lines)."""
     lines = [
         "",
-        f"Throughput, {tp['clips']} clips (240p, 5 s, model `{tp['model']}`), one run at a time:",
+        f"Throughput, {tp['clips']} clips (240p, 5 s, model `{tp['model']}`):",
         "",
         "| path | clips | wall s | videos/hour | share of in-process | orchestration s/video | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
         f"| in one process (models loaded once) | {tp['clips']} | {tp['in_process_s']:.1f} | "
         f"{tp['in_process_videos_per_hour']:.0f} | 100 % | – | – |",
-        f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {tp['batched_runs']} run{'s' if tp['batched_runs'] != 1 else ''}, default launcher) | "
-        f"{tp['clips']} | {tp['batched_wall_s']:.1f} | {tp['batched_videos_per_hour']:.0f} | "
-        f"{tp['batched_share_of_in_process']:.0%} | {tp['batched_orchestration_s_per_video']:.2f} | "
-        f"{tp['batched_peak_rss_mb']} |",
     ]
+    k = tp.get("side_by_side_runs", 1)
+    shared = tp.get("in_process_side_by_side_s")
+    if shared:
+        lines.append(
+            f"| in {k} processes side by side, each pinned to its share of the cores | {tp['clips']} | "
+            f"{shared:.1f} | {tp['in_process_side_by_side_videos_per_hour']:.0f} | "
+            f"{tp['in_process_s'] / shared:.0%} | – | – |"
+        )
+    runs = f"{tp['batched_runs']} run{'s' if tp['batched_runs'] != 1 else ''}"
+    versus = (
+        f" ({tp['batched_share_of_side_by_side']:.0%} of {k} pinned processes, "
+        f"{tp['batched_orchestration_s_per_video_side_by_side']:.2f} s/video against them)"
+        if shared
+        else ""
+    )
+    lines.append(
+        f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {runs}, {k} side by side, default launcher) | "
+        f"{tp['clips']} | {tp['batched_wall_s']:.1f} | {tp['batched_videos_per_hour']:.0f} | "
+        f"{tp['batched_share_of_in_process']:.0%}{versus} | {tp['batched_orchestration_s_per_video']:.2f} | "
+        f"{tp['batched_peak_rss_mb']} |"
+    )
     if "per_video_clips" in tp:
         share = tp["per_video_videos_per_hour"] / tp["in_process_videos_per_hour"]
         lines.append(
-            f"| Dagster, one run per video ({tp['per_video_launcher']} launcher, run {tp['per_video_mean_run_s']:.2f} s) | "
+            f"| Dagster, one run per video, one at a time ({tp['per_video_launcher']} launcher, run {tp['per_video_mean_run_s']:.2f} s) | "
             f"{tp['per_video_clips']} | "
             f"{tp['per_video_wall_s']:.1f} | {tp['per_video_videos_per_hour']:.0f} | {share:.0%} | "
             f"{tp['per_video_orchestration_s_per_video']:.2f} | {tp['per_video_peak_rss_mb']} |"
