@@ -7,8 +7,9 @@ runs would make the videos "already processed") and its own `dagster-daemon`; th
 once the daemon's sensor loop is up, so the daemon's own start-up is not counted. Batched runs go
 `platform.side_by_side_runs` at a time, each pinned to its share of the cores, and the in-process
 loop is measured both in one process and split the same way (dagster_deepfake/runtime.py: one
-process keeps two cores ~1.25 busy); one run per video goes one at a time. Peak memory is the largest summed RSS of the
-daemon and every process below it (run workers, code server), sampled every second.
+process keeps two cores ~1.25 busy); one run per video goes one at a time. Peak memory is the
+largest summed RSS of the daemon and every process below it (run workers, code server), sampled
+every second.
 """
 
 from __future__ import annotations
