@@ -82,7 +82,7 @@ def test_production_instance_refuses_without_database_url(tmp_path: Path, monkey
         dg.DagsterInstance.from_config(str(tmp_path))
 
 
-def _write_config(path: Path, tmp: Path, pg_url: str) -> None:
+def _write_config(path: Path, tmp: Path, pg_url: str, **platform) -> None:
     config = {
         "model": {"registry_config": "tiny"},  # the contract's classes in a CPU-test size
         "platform": {
@@ -93,6 +93,8 @@ def _write_config(path: Path, tmp: Path, pg_url: str) -> None:
             "upload_settle_seconds": 1,
             "sensor_interval_seconds": 2,
             "device": "cpu",
+            "side_by_side_runs": 1,
+            **platform,
         },
     }
     path.write_text(yaml.safe_dump(config))
@@ -200,6 +202,68 @@ def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagst
     frames = store.read_table("frames", video_id)
     assert len(frames) == 10  # 2 s at 5 FPS
     assert store.has_table("predictions", video_id) or job["result"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAEMON_TIMEOUT_SECONDS + 60)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to share")
+def test_a_burst_goes_as_batch_runs_side_by_side_each_on_its_own_core_share(
+    tmp_path: Path, daemon_env, dagster_home: Path, pg_url: str
+):
+    from assets.batch import BATCH_JOB, CPU_SLOTS_TAG, batch_video_ids
+    from dagster_deepfake.synthetic import generate_clip
+
+    _write_config(Path(daemon_env["DAGSTER_DEEPFAKE_CONFIG"]), tmp_path, pg_url, side_by_side_runs=2)
+    clips = [
+        generate_clip(tmp_path / f"c{i}.mp4", seed=40 + i, duration=1.0, width=320, height=240).path
+        for i in range(4)
+    ]
+    ids = {partition_key_for_sha256(sha256_file(str(c))) for c in clips}
+    results = ResultsDB(pg_url)
+    results.create_schema()
+    log = tmp_path / "daemon.log"
+    proc = _start_daemon(daemon_env, log)
+    try:
+        # One burst: the same modification time on all four, so one sensor tick settles them together.
+        stamp = time.time()
+        for clip in clips:
+            staging = tmp_path / "bucket" / f"{clip.name}.part"
+            shutil.copy(clip, staging)
+            os.utime(staging, (stamp, stamp))
+        for clip in clips:
+            (tmp_path / "bucket" / f"{clip.name}.part").rename(tmp_path / "bucket" / clip.name)
+        deadline = time.monotonic() + DAEMON_TIMEOUT_SECONDS
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, f"daemon exited:\n{log.read_text()[-4000:]}"
+                runs = instance.get_runs(dg.RunsFilter(job_name=BATCH_JOB))
+                states = {(results.get_job(v) or {}).get("status") for v in ids}
+                if len(runs) == 2 and all(r.is_finished for r in runs) and states <= {"completed", "failed"}:
+                    break
+                time.sleep(2)
+            assert len(runs) == 2, log.read_text()[-4000:]
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), log.read_text()[-4000:]
+            assert sorted(len(batch_video_ids(r)) for r in runs) == [2, 2]
+            assert {v for r in runs for v in batch_video_ids(r)} == ids
+            assert {r.tags[CPU_SLOTS_TAG] for r in runs} == {"2"}
+            pinned = [
+                r.event_log_entry.user_message
+                for run in runs
+                for r in instance.get_records_for_run(run.run_id).records
+                if "pinned to cores" in (r.event_log_entry.user_message or "")
+            ]
+            # Each run took its own share (which share is whose depends on who started first).
+            cores = sorted(os.sched_getaffinity(0))
+            half = len(cores) // 2
+            assert sorted(m.rsplit("cores ", 1)[1] for m in pinned) == sorted(
+                [str(cores[:half]), str(cores[half : 2 * half])]
+            )
+            starts = sorted(r.start_time for r in instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB)))
+            ends = sorted(r.end_time for r in instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB)))
+            assert starts[1] < ends[0], "the two batch runs did not overlap"
+    finally:
+        _stop_daemon(proc)
+    assert all(results.get_job(v)["status"] == "completed" for v in ids)
 
 
 def test_cluster_files_parse_and_agree_with_the_project():
