@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import os
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 from sqlalchemy import (
@@ -361,16 +362,30 @@ class ResultsDB:
         self._upsert(evaluations, row, "evaluation_id", touch=False)
 
 
+def _pgserver() -> ModuleType:
+    """pgserver, imported lazily (only the embedded default needs it) and without platformdirs'
+    warning about `XDG_RUNTIME_DIR` (unset, or the Makefile's /tmp, which is not 0700).
+
+    pgserver keeps only its server-start lock there, and the fallback platformdirs takes instead
+    (`/run/user/<uid>` or `<tmp>/runtime-<uid>`) is the same in every process, so nothing is
+    lost; otherwise every command and every run's log would start with that warning.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*XDG_RUNTIME_DIR")
+        import pgserver
+    return pgserver
+
+
 def embedded_postgres_url(data_dir: str) -> str:
     """Start (or reuse) the project's own PostgreSQL 16 in `data_dir` via pgserver; return its URL.
 
     pgserver keeps the server running after this process exits so that the Dagster daemon,
     webserver, run workers and the API all share it; `make stop` shuts it down.
     """
-    import pgserver  # imported lazily: only the embedded default needs it
-
     os.makedirs(data_dir, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    server = _pgserver().get_server(data_dir, cleanup_mode=None)
     return normalise_url(server.get_uri())
 
 
@@ -380,9 +395,8 @@ def stop_embedded_postgres(data_dir: str) -> bool:
 
     if not (Path(data_dir) / "postmaster.pid").exists():
         return False
-    import pgserver
+    server = _pgserver().get_server(data_dir, cleanup_mode=None)
     from pgserver._commands import pg_ctl  # pgserver's bundled binaries
 
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=Path(data_dir), user=server.system_user)
     return True
