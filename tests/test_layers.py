@@ -57,3 +57,17 @@ def test_the_code_location_loads_without_the_model_libraries():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_loading_the_code_location_prints_no_warning():
+    """Every code server and every run loads it; a warning there lands in each run's log."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import warnings; warnings.simplefilter('default');"
+        "from code_location.definitions import defs; repo = defs.get_repository_def();"
+        "[repo.get_job(j.name) for j in repo.get_all_jobs()]"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "Warning" not in done.stderr, done.stderr
