@@ -53,8 +53,12 @@ PER_VIDEO_JOBS = ("analyze_video", "extract_features")
 # Dagster's run tags for retries: a per-video run inside a batch is never retried on its own.
 MAX_RETRIES_TAG = "dagster/max_retries"
 RETRY_NUMBER_TAG = "dagster/retry_number"
-# On batch runs started side by side: how many share this host's cores (each claims one share).
+# On every analysis run: how many runs share this host's cores. "1" (the jobs' own tag) is a run
+# that sizes its pools to every core, so the local instance runs those one at a time (two of them
+# side by side fight: docs/CONFIG.md "Side by side"); k > 1 is a batch started beside k - 1
+# others, which claims one share (dagster_deepfake/runtime.py claim_cpu_slot).
 CPU_SLOTS_TAG = "dagster-deepfake/cpu_slots"
+WHOLE_MACHINE = {CPU_SLOTS_TAG: "1"}
 
 
 class BatchConfig(dg.Config):
@@ -77,7 +81,7 @@ def batch_run_request(
         tags={
             **(tags or {}),
             "dagster-deepfake/videos": str(len(video_ids)),
-            **({CPU_SLOTS_TAG: str(cpu_slots)} if cpu_slots > 1 else {}),
+            CPU_SLOTS_TAG: str(cpu_slots),
         },
     )
 
@@ -257,7 +261,7 @@ def build_batch_job(per_video_job: Callable[[str], dg.JobDefinition]) -> dg.JobD
         name=BATCH_JOB,
         description="Several videos in one run, one pass each (one start-up and one model load per "
         "batch; each video its own partition, a failing one its own run with its reason).",
-        tags={MAX_RETRIES_TAG: "1"},
+        tags={MAX_RETRIES_TAG: "1", **WHOLE_MACHINE},
         executor_def=dg.in_process_executor,
     )
     def analyze_batch() -> None:

@@ -11,7 +11,7 @@ import warnings
 import dagster as dg
 
 from assets import explain, ingest, model, perception, training
-from assets.batch import build_batch_job
+from assets.batch import WHOLE_MACHINE, build_batch_job
 from dagster_deepfake.config import load_settings
 from resources import default_resources
 from sensors.datasets import build_dataset_backfill_sensor
@@ -67,7 +67,7 @@ analyze_video_job = dg.define_asset_job(
     name="analyze_video",
     selection=dg.AssetSelection.assets(*PER_VIDEO_ASSETS),
     description="Every per-video stage for one uploaded video (one partition).",
-    tags={"dagster/max_retries": "1"},
+    tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
     # One process per run: models load once and arrays stay warm in the OS cache; the
     # multiprocess default re-imports torch and reloads the model in every step.
     executor_def=dg.in_process_executor,
@@ -79,7 +79,7 @@ extract_features_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*FEATURE_ASSETS),
     description="The feature stages only (probe, frames, faces, flow, audio) for one dataset video: "
     "what `train_calibrate_evaluate` reads. Requested by the dataset backfill sensor.",
-    tags={"dagster/max_retries": "1"},
+    tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
     executor_def=dg.in_process_executor,
 )
 

@@ -219,10 +219,10 @@ def _close(a, b) -> bool:
     ("videos", "max_videos", "side_by_side", "sizes", "slots"),
     [
         (40, 64, 2, [20, 20], "2"),  # a burst: two runs side by side, each on its share of the cores
-        (3, 64, 2, [3], None),  # too few for two runs of two: one run on every core
+        (3, 64, 2, [3], "1"),  # too few for two runs of two: one run on every core
         (200, 64, 2, [50, 50, 50, 50], "2"),  # more runs than shares: the later ones wait for a share
-        (40, 64, 1, [40], None),
-        (5, 2, 1, [2, 2, 1], None),
+        (40, 64, 1, [40], "1"),
+        (5, 2, 1, [2, 2, 1], "1"),
     ],
 )
 def test_a_tick_is_split_into_runs_side_by_side_only_when_each_gets_two_videos(
@@ -270,3 +270,21 @@ def test_sensor_sends_a_tick_of_uploads_as_batches_and_a_lone_upload_alone(tiny_
         second = sensor(ctx)
     (lone,) = second.run_requests
     assert lone.job_name == "analyze_video" and lone.partition_key == lone.run_key
+
+
+def test_runs_that_take_every_core_go_one_at_a_time_on_the_local_instance(tmp_path):
+    """Per-video runs and unsplit batches size their pools to every core: the one-machine
+    instance (deploy/dagster.local.yaml) queues those one at a time, beside at most one other
+    run, while split batches (tagged with their share count) go two side by side."""
+    from code_location.definitions import defs
+    from dagster_deepfake.config import REPO_ROOT
+
+    for job in ("analyze_video", "extract_features", BATCH_JOB):
+        assert defs.resolve_job_def(job).tags[CPU_SLOTS_TAG] == "1", job
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.local.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+    assert queue.max_concurrent_runs == 2
+    assert [dict(limit) for limit in queue.tag_concurrency_limits] == [
+        {"key": CPU_SLOTS_TAG, "value": "1", "limit": 1}
+    ]
