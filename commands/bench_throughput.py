@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dagster_deepfake.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, REPO_ROOT, load_settings
+from dagster_deepfake.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, REPO_ROOT, Settings, load_settings
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -206,6 +206,82 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _batched_pass(
+    key: str,
+    launcher: str,
+    settings: Settings,
+    clips: list[Path],
+    baselines: tuple[float, float | None],
+    out_dir: Path,
+    make_clip: Callable[[int], Path],
+    *,
+    warm_up: bool = False,
+    lone_upload: bool = False,
+) -> dict[str, Any]:
+    """`clips` through Dagster as batched runs on `launcher`: the `key`_* figures against the
+    in-process baselines (one process, pinned processes side by side). `warm_up`: one upload
+    first (starts a warm worker); `lone_upload`: one more after, timed submit → completed."""
+    n = len(clips)
+    one, shared = baselines
+    out: dict[str, Any] = {}
+    batched = DagsterPass(
+        out_dir,
+        out_dir / "models",
+        batch_max_videos=settings.platform.batch_max_videos,
+        name=key.replace("_", "-"),
+        launcher=launcher,
+        concurrent_runs=settings.platform.side_by_side_runs,
+    )
+    try:
+        if warm_up:
+            warm_up_s, _ = batched.submit([make_clip(n + 1002)])  # starts the worker: imports once
+            out[f"{key}_warm_up_upload_s"] = round(warm_up_s, 1)
+        wall, states = batched.submit(clips)
+        if lone_upload:
+            # One more upload on its own, on the same warm instance: submit → completed.
+            latency, lone_state = batched.submit([make_clip(n + 1000)])
+        runs = batched.runs()
+    finally:
+        batched.close()
+    out.update(
+        {
+            f"{key}_launcher": launcher,
+            f"{key}_wall_s": round(wall, 1),
+            f"{key}_completed": sum(s == "completed" for s in states.values()),
+            f"{key}_runs": sum(1 for r in runs if r["job"] == "analyze_batch" and r["end"]),
+            f"{key}_videos_per_hour": round(3600 * n / wall, 1),
+            f"{key}_share_of_in_process": round(one / wall, 3),
+            f"{key}_orchestration_s_per_video": round((wall - one) / n, 2),
+            f"{key}_share_of_side_by_side": round(shared / wall, 3) if shared else None,
+            f"{key}_orchestration_s_per_video_side_by_side": round((wall - shared) / n, 2)
+            if shared
+            else None,
+            f"{key}_peak_rss_mb": round(batched.peak_rss_mb),
+        }
+    )
+    print(
+        f"throughput: batched on the {launcher} launcher {out[f'{key}_completed']}/{n} in {wall:.1f}s "
+        f"({out[f'{key}_share_of_in_process']:.0%} of in-process, "
+        f"{out[f'{key}_orchestration_s_per_video']:.2f}s orchestration per video)",
+        flush=True,
+    )
+    if lone_upload:
+        lone_runs = [
+            r for r in runs if r["job"] == "analyze_video" and "dagster-deepfake/batch_run" not in r["tags"]
+        ]
+        out.update(
+            {
+                "single_upload_latency_s": round(latency, 1),
+                "single_upload_status": next(iter(lone_state.values()), "?"),
+                "single_upload_run_s": round(lone_runs[-1]["end"] - lone_runs[-1]["start"], 1)
+                if lone_runs
+                else None,
+            }
+        )
+        print(f"throughput: single upload {latency:.1f}s", flush=True)
+    return out
+
+
 def dagster_throughput(
     out_dir: Path,
     n: int,
@@ -256,66 +332,16 @@ def dagster_throughput(
     # worker warmed by one upload first as a running instance has it; the one-run-per-video pass
     # on the warm-worker launcher too.
     warm = "launchers.prefork" in (REPO_ROOT / "deploy" / "dagster.local.yaml").read_text()
-    for launcher in ("default", "prefork") if warm else ("default",):
-        key = "batched" if launcher == "default" else "batched_prefork"
-        batched = DagsterPass(
-            out_dir,
-            model_dir,
-            batch_max_videos=settings.platform.batch_max_videos,
-            name=key.replace("_", "-"),
-            launcher=launcher,
-            concurrent_runs=side_by_side,
-        )
-        try:
-            if launcher == "prefork":
-                warm_up, _ = batched.submit([make_clip(n + 1002)])  # starts the worker: imports once
-                result[f"{key}_warm_up_upload_s"] = round(warm_up, 1)
-            wall, states = batched.submit(clips)
-            if launcher == "default":
-                # One more upload on its own, on the same warm instance: submit → completed.
-                latency, lone_state = batched.submit([make_clip(n + 1000)])
-            runs = batched.runs()
-        finally:
-            batched.close()
-        batch_runs = [r for r in runs if r["job"] == "analyze_batch" and r["end"]]
+    baselines = (local["total_s"], shared_s)
+    result.update(
+        _batched_pass("batched", "default", settings, clips, baselines, out_dir, make_clip, lone_upload=True)
+    )
+    if warm:
         result.update(
-            {
-                f"{key}_launcher": launcher,
-                f"{key}_wall_s": round(wall, 1),
-                f"{key}_completed": sum(s == "completed" for s in states.values()),
-                f"{key}_runs": len(batch_runs),
-                f"{key}_videos_per_hour": round(3600 * n / wall, 1),
-                f"{key}_share_of_in_process": round(local["total_s"] / wall, 3),
-                f"{key}_orchestration_s_per_video": round((wall - local["total_s"]) / n, 2),
-                f"{key}_share_of_side_by_side": round(shared_s / wall, 3) if shared_s else None,
-                f"{key}_orchestration_s_per_video_side_by_side": round((wall - shared_s) / n, 2)
-                if shared_s
-                else None,
-                f"{key}_peak_rss_mb": round(batched.peak_rss_mb),
-            }
-        )
-        print(
-            f"throughput: batched on the {launcher} launcher {result[f'{key}_completed']}/{n} in {wall:.1f}s "
-            f"({result[f'{key}_share_of_in_process']:.0%} of in-process, "
-            f"{result[f'{key}_orchestration_s_per_video']:.2f}s orchestration per video)",
-            flush=True,
-        )
-        if launcher == "default":
-            lone_runs = [
-                r
-                for r in runs
-                if r["job"] == "analyze_video" and "dagster-deepfake/batch_run" not in r["tags"]
-            ]
-            result.update(
-                {
-                    "single_upload_latency_s": round(latency, 1),
-                    "single_upload_status": next(iter(lone_state.values()), "?"),
-                    "single_upload_run_s": round(lone_runs[-1]["end"] - lone_runs[-1]["start"], 1)
-                    if lone_runs
-                    else None,
-                }
+            _batched_pass(
+                "batched_prefork", "prefork", settings, clips, baselines, out_dir, make_clip, warm_up=True
             )
-            print(f"throughput: single upload {latency:.1f}s", flush=True)
+        )
 
     m = min(per_video_clips, n)
     if m:
