@@ -3,12 +3,13 @@ Dagster (bucket → upload sensor → runs → results), one run per video and i
 (assets/batch.py), plus the latency of a single upload (submit → completed).
 
 Each Dagster pass gets a throwaway instance, bucket, artifact root and results database (earlier
-runs would make the videos "already processed") and its own `dagster-daemon`; the clock starts
+runs would make the videos "already processed") and its own code server and `dagster-daemon`
+(commands/local_dagster.py, as `make demo` starts them); the clock starts
 once the daemon's sensor loop is up, so the daemon's own start-up is not counted. Batched runs go
 `platform.side_by_side_runs` at a time, each pinned to its share of the cores, and the in-process
 loop is measured both in one process and split the same way (dagster_deepfake/runtime.py: one
 process keeps two cores ~1.25 busy); one run per video goes one at a time. Peak memory is the
-largest summed RSS of the daemon and every process below it (run workers, code server), sampled
+largest summed RSS of the code server, the daemon and every process below it (run workers), sampled
 every second.
 """
 
@@ -19,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,17 +28,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from commands.local_dagster import start_local_dagster
 from dagster_deepfake.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, REPO_ROOT, Settings, load_settings
 
 
-def _tree_rss_mb(pid: int) -> float:
+def _tree_rss_mb(*pids: int) -> float:
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
     total = 0
     for p in procs:
         with contextlib.suppress(psutil.Error):
@@ -143,22 +144,15 @@ class DagsterPass:
             check=True,
             capture_output=True,
         )
-        self.daemon = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("dagster-daemon")),
-                "run",
-                "-w",
-                str(REPO_ROOT / "workspace.yaml"),
-            ],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=(out_dir / f"throughput-daemon-{name}.log").open("wb"),  # the first place to look
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # The daemon on its own code server, as `make demo` runs it (commands/local_dagster.py).
+        self.dagster = start_local_dagster(
+            self.env,
+            (out_dir / f"throughput-daemon-{name}.log").open("wb"),  # the first place to look
         )
         deadline = time.time() + 300
         while not _daemon_ready(self.env):
-            if time.time() > deadline or self.daemon.poll() is not None:
+            if time.time() > deadline or self.dagster.poll() is not None:
+                self.dagster.stop()
                 raise RuntimeError(
                     f"dagster-daemon did not come up; see {out_dir}/throughput-daemon-{name}.log"
                 )
@@ -176,7 +170,9 @@ class DagsterPass:
         states: dict[str, str] = {}
         while time.time() < deadline:
             states = {v: (self.db.get_job(v) or {}).get("status", "waiting") for v in ids}
-            self.peak_rss_mb = max(self.peak_rss_mb, _tree_rss_mb(self.daemon.pid))
+            self.peak_rss_mb = max(
+                self.peak_rss_mb, _tree_rss_mb(self.dagster.code_server.pid, self.dagster.daemon.pid)
+            )
             if all(s in ("completed", "failed") for s in states.values()):
                 break
             time.sleep(1)
@@ -188,13 +184,7 @@ class DagsterPass:
     def close(self) -> None:
         from sqlalchemy import text
 
-        try:
-            os.killpg(self.daemon.pid, signal.SIGTERM)
-            self.daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.daemon.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.dagster.stop()
         self.db.engine.dispose()
         with self.admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))

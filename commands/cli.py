@@ -88,6 +88,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from commands.local_dagster import run_in_foreground
+
+    return run_in_foreground(args.config)
+
+
 def _cmd_register_dataset(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -274,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-shared", action="store_true", help="skip the sample clips in ../shared/media")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "daemon",
+        help="run the code server and dagster-daemon (sensors, queue, runs) on $DAGSTER_HOME until Ctrl-C",
+    )
+    p.set_defaults(func=_cmd_daemon)
 
     p = sub.add_parser("model", help="inspect the detector (`model describe`)")
     model_sub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")

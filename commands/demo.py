@@ -15,10 +15,6 @@ an analyst read it; the only Dagster calls go through `commands.runs`.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from commands.local_dagster import LocalDagster, LocalDagsterError, ensure_dagster_home, start_local_dagster
 from commands.report import print_case_reports
 from dagster_deepfake.config import REPO_ROOT, Settings, load_settings
 from dagster_deepfake.storage.bucket import UploadBucket
@@ -56,43 +53,17 @@ def _demo_clips(out: Path) -> list[Path]:
     return paths
 
 
-def _ensure_dagster_home() -> Path:
-    """$DAGSTER_HOME (default .dagster_home) with the embedded instance's dagster.yaml."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = home / "dagster.yaml"
-    if not instance_yaml.exists():
-        shutil.copy(REPO_ROOT / "deploy" / "dagster.local.yaml", instance_yaml)
-    return home
-
-
-def _start_daemon(log_path: Path) -> subprocess.Popen[bytes]:
-    daemon = Path(sys.executable).with_name("dagster-daemon")
-    env = {**os.environ, "DAGSTER_HOME": str(_ensure_dagster_home())}
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
-    return subprocess.Popen(
-        [str(daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def _start_dagster(log_path: Path) -> LocalDagster:
+    """The code server and `dagster-daemon` on the embedded instance (commands/local_dagster.py)."""
+    env = {**os.environ, "DAGSTER_HOME": str(ensure_dagster_home())}
+    with open(log_path, "ab") as log:  # the children keep their own copies of the descriptor
+        return start_local_dagster(env, log)
 
 
 def _wait_for_jobs(
     db: ResultsDB,
     names: dict[str, str],
-    daemon: subprocess.Popen[bytes],
+    dagster: LocalDagster,
     deadline: float,
     t0: float,
     *,
@@ -102,8 +73,8 @@ def _wait_for_jobs(
     last: dict[str, str] = {}
     last_counts = ""
     while time.time() < deadline:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}")
+        if (down := dagster.poll()) is not None:
+            raise RuntimeError(down)
         states = {vid: (db.get_job(vid) or {}).get("status", "waiting for sensor") for vid in names}
         if verbose:
             for vid, state in states.items():
@@ -133,7 +104,7 @@ def _demo_model_is_trained(model_dir: str) -> bool:
 
 
 def _train_on_synthetic(
-    settings: Settings, db: ResultsDB, daemon: subprocess.Popen[bytes], n: int, deadline: float, t0: float
+    settings: Settings, db: ResultsDB, dagster: LocalDagster, n: int, deadline: float, t0: float
 ) -> bool:
     """Synthetic dataset → registered → backfilled by the daemon → trained, calibrated, evaluated."""
     from commands.runs import add_partitions_to_instance, format_training_summary, run_training
@@ -153,7 +124,7 @@ def _train_on_synthetic(
         "the dataset_backfill_sensor extracts their features (job extract_features) …"
     )
     names = {vid: f"{DEMO_DATASET}/{i}" for i, vid in enumerate(reg.video_ids)}
-    states = _wait_for_jobs(db, names, daemon, deadline, t0, verbose=False)
+    states = _wait_for_jobs(db, names, dagster, deadline, t0, verbose=False)
     done = sum(s == "completed" for s in states.values())
     if done < len(names) // 2:
         console.print(f"[red]only {done} of {len(names)} training videos completed; not training[/]")
@@ -210,11 +181,15 @@ def run_demo(
     console.print(f"[bold]results database[/] {redact(db.url)}")
     bucket = UploadBucket(p.upload_uri, p.upload_suffixes)
     bucket.ensure()
-    _ensure_dagster_home()
+    ensure_dagster_home()
 
     log_path = REPO_ROOT / ".dagster_home" / "daemon.log"
-    console.print(f"[bold]starting[/] dagster-daemon (log: {log_path}) …")
-    daemon = _start_daemon(log_path)
+    console.print(f"[bold]starting[/] the code server and dagster-daemon (log: {log_path}) …")
+    try:
+        dagster = _start_dagster(log_path)
+    except LocalDagsterError as exc:
+        console.print(f"[red]{exc}: {log_path}[/]")
+        return 1
     try:
         if train_videos and _demo_model_is_trained(p.model_dir):
             console.print(
@@ -222,7 +197,7 @@ def run_demo(
             )
             _print_evaluation(_stored_evaluation(settings))
         elif train_videos:
-            _train_on_synthetic(settings, db, daemon, train_videos, deadline, t0)
+            _train_on_synthetic(settings, db, dagster, train_videos, deadline, t0)
 
         with tempfile.TemporaryDirectory(prefix="ddf-demo-") as tmp:
             console.print("[bold]generating[/] synthetic talking-face clips to analyse …")
@@ -239,7 +214,7 @@ def run_demo(
                 expected[partition_key_for_sha256(sha256_file(str(src)))] = src.name
                 console.print(f"  dropped {obj.uri}")
         console.print("[bold]waiting[/] for the upload sensor and the analysis runs …")
-        last = _wait_for_jobs(db, expected, daemon, deadline, t0, verbose=True)
+        last = _wait_for_jobs(db, expected, dagster, deadline, t0, verbose=True)
         if not all(s in ("completed", "failed") for s in last.values()):
             console.print(
                 f"[red]timed out after {timeout_s:.0f} s; runs are still visible in `make dagit`[/]"
@@ -248,7 +223,7 @@ def run_demo(
         console.print(f"[red]{exc}; see {log_path}[/]")
         return 1
     finally:
-        _stop(daemon)
+        dagster.stop()
 
     _print_summary(db, expected, settings.platform.artifact_root)
     print_case_reports(settings, expected, REPO_ROOT / ".demo-data" / "reports", console)

@@ -3,22 +3,21 @@ running a sensor-requested analysis through it: queued, launched, completed."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from commands.local_dagster import LOCATION_NAME, LocalDagster, start_local_dagster
 from dagster_deepfake.config import REPO_ROOT
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
@@ -120,29 +119,46 @@ def daemon_env(tmp_path: Path, dagster_home: Path, pg_url: str) -> Iterator[dict
     yield env
 
 
-def _start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    daemon = Path(sys.executable).with_name("dagster-daemon")
-    return subprocess.Popen(
-        [str(daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: code server and run workers go with it
-    )
+def _start_daemon(env: dict[str, str], log: Path) -> LocalDagster:
+    """The code server and the daemon as `make demo` starts them (commands/local_dagster.py)."""
+    with log.open("wb") as out:
+        return start_local_dagster(env, out)
 
 
-def _stop_daemon(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    # run workers started by the daemon stay in its process group
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _stop_daemon(proc: LocalDagster) -> None:
+    proc.stop(timeout_s=20)
+
+
+def test_local_dagster_stops_as_one_group_and_leaves_nothing(tmp_path: Path, daemon_env):
+    log = tmp_path / "daemon.log"
+    local = _start_daemon(daemon_env, log)
+    try:
+        assert local.poll() is None, log.read_text()[-4000:]
+        assert "grpc_server" in local.workspace.read_text()
+        pids = [local.code_server.pid, local.daemon.pid]
+        assert os.getpgid(local.daemon.pid) == os.getpgid(local.code_server.pid) == local.code_server.pid
+    finally:
+        clean = local.stop(timeout_s=20)
+    assert clean, log.read_text()[-4000:]
+    assert not [
+        p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not local.run_dir.exists()
+    assert local.poll() is not None
+
+
+def test_a_code_server_that_cannot_load_says_so_and_leaves_nothing(tmp_path: Path, daemon_env, monkeypatch):
+    import commands.local_dagster as local_dagster
+
+    monkeypatch.setattr(local_dagster, "LOCATION_NAME", "no_such_module.definitions")
+    before = set(Path(tempfile.gettempdir()).glob("ddf-dagster-*"))
+    with (
+        (tmp_path / "daemon.log").open("wb") as log,
+        pytest.raises(local_dagster.LocalDagsterError, match="did not start .exited with"),
+    ):
+        local_dagster.start_local_dagster(daemon_env, log)
+    assert set(Path(tempfile.gettempdir()).glob("ddf-dagster-*")) == before
+    assert "no_such_module" in (tmp_path / "daemon.log").read_text()
 
 
 @pytest.mark.slow
@@ -193,6 +209,12 @@ def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagst
             assert video_id in instance.get_dynamic_partitions("videos")
             # launched by the production instance's launcher: a fork of the warm worker
             assert run.tags[PID_TAG] and run.tags[WORKER_TAG] != run.tags[PID_TAG]
+            # from the code server started beside the daemon, which started none of its own
+            # (it would replace that one every 60 s: commands/local_dagster.py)
+            assert run.remote_job_origin.location_name == LOCATION_NAME
+            assert proc.code_server.poll() is None
+            daemon_children = psutil.Process(proc.daemon.pid).children(recursive=True)
+            assert not [c for c in daemon_children if "api" in c.cmdline() and "grpc" in c.cmdline()]
     finally:
         _stop_daemon(proc)
 

@@ -17,9 +17,7 @@ import hashlib
 import logging
 import os
 import random
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from dagster_deepfake.storage.postgres import ResultsDB
 from resources import default_resources
 from sensors.uploads import build_upload_sensor
 from tests.conftest import write_reliability_section
-from tests.test_daemon import _start_daemon, _stop_daemon, dagster_home, dagster_pg_url  # noqa: F401
+from tests.test_daemon import _start_daemon, dagster_home, dagster_pg_url  # noqa: F401
 
 ROWS: dict[str, tuple[str, str, str]] = {}  # class -> (expected, observed, handled)
 EXPECTED_CLASSES = (
@@ -361,14 +359,7 @@ def test_daemon_input_failure_runs_once_infra_failure_is_retried(
             bad_tags = bad_runs[0].tags
     finally:
         started = time.monotonic()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-            stopped_in = time.monotonic() - started
-        except subprocess.TimeoutExpired:
-            stopped_in = None
-        _stop_daemon(proc)  # whatever is left of its process group
+        stopped_in = time.monotonic() - started if proc.stop(timeout_s=30) else None
 
     bad_job, good_job = results.get_job(bad_id), results.get_job(good_id)
     never_back = all(
