@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from commands.cluster import (
-    BIN,
     base_env,
     dagster_storage_url,
     make_home,
@@ -33,6 +31,7 @@ from commands.cluster import (
     start_worker,
     stop_group,
 )
+from commands.local_dagster import start_local_dagster
 from dagster_deepfake.broker import start_redis, stop_redis
 from dagster_deepfake.config import REPO_ROOT
 from dagster_deepfake.storage.keys import partition_key_for_sha256, sha256_file
@@ -134,13 +133,9 @@ def main() -> int:
     try:
         # -- local path: the default instance (SQLite, prefork launcher), in-process executor
         local_home = make_home(root / "local_home", REPO_ROOT / "deploy" / "dagster.local.yaml")
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-            cwd=REPO_ROOT,
-            env={**env, "DAGSTER_HOME": str(local_home)},
-            stdout=(root / "local-daemon.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # as `make demo` starts it: a code server and the daemon on it (commands/local_dagster.py)
+        local = start_local_dagster(
+            {**env, "DAGSTER_HOME": str(local_home)}, (root / "local-daemon.log").open("wb")
         )
         try:
             _wait(db, local_home, _drop(root / "bucket", _clips(root, 1, seed)))  # warm-up
@@ -155,7 +150,7 @@ def main() -> int:
             seed += n
             local_burst = _wait(db, local_home, ids)
         finally:
-            stop_group(daemon)
+            local.stop()
         print(f"local singles {singles}, runs {local_run}, burst {local_burst:.1f} s", flush=True)
         rows.append(("local, one video at a time: drop → completed", f"{min(singles):.1f} s"))
         rows.append(("local, one video: run start → end", f"{local_run[-1]:.1f} s"))
