@@ -98,7 +98,8 @@ def start_local_dagster(
     """Start the code server, wait until it serves, then the daemon on a workspace naming it.
 
     `env` is both processes' environment (DAGSTER_HOME, the config); `log` receives both outputs.
-    Raises LocalDagsterError (both stopped) when the server does not serve within the timeout.
+    Raises LocalDagsterError, leaving nothing running, when the server exits or does not serve
+    within the timeout.
     """
     run_dir = Path(tempfile.mkdtemp(prefix="ddf-dagster-"))  # short: a socket path has ~100 bytes
     sock = run_dir / "code_server.sock"
