@@ -86,6 +86,13 @@ def batch_run_request(
     )
 
 
+def goes_as_batches(n_videos: int, settings: Settings, batch_job: dg.JobDefinition | None) -> bool:
+    """The sensors' one rule: a tick's videos go as batch runs when there is a batch job, a batch
+    may hold more than one video (`platform.batch_max_videos`) and the tick has more than one;
+    otherwise each keeps a run of its own (a lone upload starts at once)."""
+    return batch_job is not None and settings.platform.batch_max_videos > 1 and n_videos > 1
+
+
 def batch_run_requests(
     video_ids: Sequence[str], job_name: str, settings: Settings, tags: dict[str, str] | None = None
 ) -> list[dg.RunRequest]:

@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 
-from assets.batch import batch_run_requests
+from assets.batch import batch_run_requests, goes_as_batches
 from assets.partitions import VIDEOS_PARTITION
 from resources import PostgresResource, SettingsResource
 
@@ -56,8 +56,7 @@ def build_dataset_backfill_sensor(
             taken.append(row)
         if not taken:
             return dg.SkipReason("queued dataset videos are waiting for their partitions")
-        per_batch = settings.get().platform.batch_max_videos
-        if batch_job is None or per_batch <= 1 or len(taken) <= 1:
+        if not goes_as_batches(len(taken), settings.get(), batch_job):
             requests = [
                 dg.RunRequest(
                     job_name=job.name,

@@ -15,7 +15,7 @@ import time
 
 import dagster as dg
 
-from assets.batch import batch_run_requests
+from assets.batch import batch_run_requests, goes_as_batches
 from assets.partitions import FILE_NAME_TAG, SOURCE_URI_TAG, VIDEOS_PARTITION, videos_partitions
 from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import DeepfakeError
@@ -53,7 +53,7 @@ def requests_for(
 ) -> list[dg.RunRequest]:
     """One run per video, or, with a batch job and several videos in the tick, `analyze_batch`
     runs of them (assets/batch.py `batch_run_requests`). A lone upload keeps a run of its own."""
-    if batch_job is None or settings.platform.batch_max_videos <= 1 or len(regs) <= 1:
+    if not goes_as_batches(len(regs), settings, batch_job):
         return [run_request_for(reg, job_name) for reg in regs]
     return batch_run_requests([r.video_id for r in regs], job_name, settings)
 

@@ -24,6 +24,7 @@ from assets.batch import (
     batch_run_requests,
     build_batch_job,
     chunks,
+    goes_as_batches,
 )
 from code_location.definitions import ASSET_CHECKS, PER_VIDEO_ASSETS, analyze_video_job, extract_features_job
 from dagster_deepfake.config import ModelConfig
@@ -236,6 +237,23 @@ def test_a_tick_is_split_into_runs_side_by_side_only_when_each_gets_two_videos(
     assert [len(b) for b in ids] == sizes and sum(ids, []) == keys
     assert {r.tags.get(CPU_SLOTS_TAG) for r in requests} == {slots}
     assert all(r.tags["t"] == "x" for r in requests) and len({r.run_key for r in requests}) == len(requests)
+
+
+@pytest.mark.parametrize(
+    ("videos", "max_videos", "has_batch_job", "batched"),
+    [
+        (5, 64, True, True),
+        (2, 64, True, True),
+        (1, 64, True, False),
+        (5, 1, True, False),
+        (5, 64, False, False),
+    ],
+)
+def test_both_sensors_decide_batches_by_one_rule(tiny_settings, videos, max_videos, has_batch_job, batched):
+    """The upload and dataset sensors both ask `goes_as_batches`; what it answers, per case."""
+    tiny_settings.platform.batch_max_videos = max_videos
+    batch_job = build_batch_job(lambda name: analyze_video_job) if has_batch_job else None
+    assert goes_as_batches(videos, tiny_settings, batch_job) is batched
 
 
 def test_sensor_sends_a_tick_of_uploads_as_batches_and_a_lone_upload_alone(tiny_settings, db, tmp_path):
