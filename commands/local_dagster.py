@@ -63,9 +63,8 @@ class LocalDagster:
         """SIGTERM the group (server, daemon, run workers), SIGKILL what is left after `timeout_s`.
 
         Returns whether the daemon and the server had both exited on SIGTERM alone."""
-        group = self.code_server.pid
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
+            os.killpg(self.code_server.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         clean = True
         for proc in (self.daemon, self.code_server):
@@ -73,12 +72,9 @@ class LocalDagster:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 clean = False
-        with contextlib.suppress(ProcessLookupError):  # run workers left in the group
-            os.killpg(group, signal.SIGKILL)
-        for proc in (self.daemon, self.code_server):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        _kill_group(self.code_server, self.run_dir)  # run workers left in the group, and the rest
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.daemon.wait(10)
         return clean
 
 
@@ -131,7 +127,7 @@ def start_local_dagster(
     while not _listening(sock):
         if code_server.poll() is not None or time.monotonic() > deadline:
             why = f"exited with {code_server.returncode}" if code_server.poll() is not None else "timed out"
-            _kill(code_server, run_dir)
+            _kill_group(code_server, run_dir)
             raise LocalDagsterError(f"the code server did not start ({why}); see its log")
         time.sleep(0.2)
     (run_dir / "workspace.yaml").write_text(
@@ -147,15 +143,17 @@ def start_local_dagster(
             process_group=code_server.pid,
         )
     except BaseException:
-        _kill(code_server, run_dir)
+        _kill_group(code_server, run_dir)
         raise
     return LocalDagster(code_server, daemon, run_dir)
 
 
-def _kill(code_server: subprocess.Popen[bytes], run_dir: Path) -> None:
+def _kill_group(code_server: subprocess.Popen[bytes], run_dir: Path) -> None:
+    """SIGKILL the group the code server leads (the daemon and its run workers are in it)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(code_server.pid, signal.SIGKILL)
-    code_server.wait(10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        code_server.wait(10)
     shutil.rmtree(run_dir, ignore_errors=True)
 
 

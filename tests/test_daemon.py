@@ -125,10 +125,6 @@ def _start_daemon(env: dict[str, str], log: Path) -> LocalDagster:
         return start_local_dagster(env, out)
 
 
-def _stop_daemon(proc: LocalDagster) -> None:
-    proc.stop(timeout_s=20)
-
-
 def test_local_dagster_stops_as_one_group_and_leaves_nothing(tmp_path: Path, daemon_env):
     log = tmp_path / "daemon.log"
     local = _start_daemon(daemon_env, log)
@@ -216,7 +212,7 @@ def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagst
             daemon_children = psutil.Process(proc.daemon.pid).children(recursive=True)
             assert not [c for c in daemon_children if "api" in c.cmdline() and "grpc" in c.cmdline()]
     finally:
-        _stop_daemon(proc)
+        proc.stop(timeout_s=20)
 
     job = results.get_job(video_id)
     assert job["status"] == "completed" and job["run_id"] == run.run_id
@@ -284,7 +280,7 @@ def test_a_burst_goes_as_batch_runs_side_by_side_each_on_its_own_core_share(
             ends = sorted(r.end_time for r in instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB)))
             assert starts[1] < ends[0], "the two batch runs did not overlap"
     finally:
-        _stop_daemon(proc)
+        proc.stop(timeout_s=20)
     assert all(results.get_job(v)["status"] == "completed" for v in ids)
 
 
