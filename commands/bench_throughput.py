@@ -400,11 +400,9 @@ def markdown(tp: dict[str, Any]) -> list[str]:
             if shared
             else ""
         )
-        launcher = (
-            "default launcher"
-            if key == "batched"
-            else f"warm-worker launcher, worker warmed by one upload ({tp[f'{key}_warm_up_upload_s']:.1f} s)"
-        )
+        launcher = "default launcher" if tp[f"{key}_launcher"] == "default" else "warm-worker launcher"
+        if (warm_up_s := tp.get(f"{key}_warm_up_upload_s")) is not None:
+            launcher += f", worker warmed by one upload ({warm_up_s:.1f} s)"
         lines.append(
             f"| Dagster, batched runs (≤ {tp['batch_max_videos']} videos each, {runs}, {k} side by side, {launcher}) | "
             f"{tp['clips']} | {tp[f'{key}_wall_s']:.1f} | {tp[f'{key}_videos_per_hour']:.0f} | "
