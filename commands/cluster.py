@@ -75,6 +75,17 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        """SIGTERM goes to the main process alone: Celery's warm shutdown finishes the task it
+        runs and acknowledges it, and hands back the ones it prefetched. Sent to the whole group,
+        it would also end the pool process mid-task (Celery resets SIGTERM there), and the
+        unacknowledged task would run again elsewhere. Any other signal goes to the group."""
+        if sig == signal.SIGTERM and self.alive():
+            self.proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        stop_group(self.proc, sig)
+
 
 def start_worker(
     name: str,
@@ -200,5 +211,7 @@ def run_cluster(config_path: str | None, root: Path, port: int, broker_port: int
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in procs:
+        for worker in workers:
+            worker.stop()
+        for proc in (daemon, web):
             stop_group(proc)

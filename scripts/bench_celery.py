@@ -189,7 +189,7 @@ def main() -> int:
                 )
         finally:
             for w in workers:
-                stop_group(w.proc)
+                w.stop()
             stop_group(daemon)
     finally:
         stop_redis(root / "redis")
