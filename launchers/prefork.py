@@ -4,8 +4,9 @@ Why: a run of `analyze_video` needs torch, transformers, timm and grad-cam. A ne
 spends about 6 s of a 2-core machine importing them, plus about 2.5 s for Dagster and the code
 location, which is most of a short video's run (the benchmark measured 11 s of overhead per
 run). This launcher keeps one *warm worker* that has imported those modules once; each run is a
-`fork()` of it (copy-on-write, milliseconds) that runs exactly what `dagster api execute_run`
-runs. Runs stay separate processes: a crash, a leak or a kill takes one run, nothing else.
+`fork()` of it (copy-on-write, milliseconds) that runs the command any run launcher gives its
+run worker, `dagster api execute_run ARGS`, through Dagster's own command line. Runs stay
+separate processes: a crash, a leak or a kill takes one run, nothing else.
 
 Fork safety: the warm worker only imports. It runs no torch op (so no OpenMP pool exists to be
 lost in the child), opens no database or network connection (the child builds its own
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import os
 import select
@@ -37,7 +39,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -138,8 +140,9 @@ class WarmWorker:
             self.stop()
             raise WarmWorkerError(f"worker pipe closed: {exc}") from exc
 
-    def fork_run(self, run_id: str, instance_ref: str, timeout_s: float = 30) -> int:
-        self._write(json.dumps({"run_id": run_id, "instance_ref": instance_ref}))
+    def fork_run(self, command: Sequence[str], timeout_s: float = 30) -> int:
+        """Fork a child that runs `dagster COMMAND...` (`api execute_run ARGS`); its pid."""
+        self._write(json.dumps({"command": list(command)}))
         return int(self._read(timeout_s)["pid"])
 
     def stop(self) -> None:
@@ -216,14 +219,26 @@ class PreforkRunLauncher(RunLauncher, ConfigurableClass):
         return self._worker
 
     def launch_run(self, context: LaunchRunContext) -> None:
+        from dagster._grpc.types import ExecuteRunArgs
         from dagster._serdes import serialize_value
 
         run = context.dagster_run
-        instance_ref = serialize_value(self._instance.get_ref())
+        if run.job_code_origin is None:  # nothing to execute it from; the default launcher says so
+            self._fallback.launch_run(context)
+            return
+        args = ExecuteRunArgs(
+            job_origin=run.job_code_origin,
+            run_id=run.run_id,
+            instance_ref=self._instance.get_ref(),
+            set_exit_code_on_failure=True,
+        )
+        # [python, -m, dagster, api, execute_run, ARGS]: the interpreter is already running
+        command = list(args.get_command_args())
+        command = command[command.index("api") :]
         try:
             with self._lock:  # the daemon may launch from several threads; one pipe, one request at a time
-                worker = self._usable_worker(instance_ref)
-                pid = worker.fork_run(run.run_id, instance_ref)
+                worker = self._usable_worker(serialize_value(self._instance.get_ref()))
+                pid = worker.fork_run(command)
         except WarmWorkerError as exc:
             self._instance.report_engine_event(
                 f"Warm run worker unavailable ({exc}); launching the run in a fresh process instead.",
@@ -322,20 +337,26 @@ def _instance_modules(serialized_ref: str) -> list[str]:
     return sorted({v.module_name for v in ref._asdict().values() if isinstance(v, ConfigurableClassData)})
 
 
-def _execute_forked_run(request: Mapping[str, Any]) -> int:
-    """What `dagster api execute_run` does, in the forked child. Returns the exit code."""
-    # Dagster's own CLI body for run execution; there is no public API for it (dagster is pinned).
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance import DagsterInstance, InstanceRef
-    from dagster._serdes import deserialize_value
-    from dagster._utils.interrupts import capture_interrupts
+def _dagster_cli() -> Callable[[], Any]:
+    """Dagster's console-script entry point (`dagster = ...` in its package metadata): the
+    command line itself, found the way pip's `dagster` script finds it."""
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="dagster")
+    return entry.load()
 
-    with capture_interrupts():
-        ref = deserialize_value(request["instance_ref"], InstanceRef)
-        with DagsterInstance.from_ref(ref) as instance:
-            return _execute_run_command_body(
-                request["run_id"], instance, lambda _event: None, set_exit_code_on_failure=True
-            )
+
+def _execute_forked_run(request: Mapping[str, Any]) -> int:
+    """Run the run worker's command in the forked child and return its exit code.
+
+    The command is `dagster api execute_run ARGS`, the one every Dagster run launcher gives
+    its run worker (`ExecuteRunArgs.get_command_args()`, as the default, Celery, ECS and K8s
+    launchers build it); here Dagster's own command line runs it without starting a process.
+    """
+    sys.argv = ["dagster", *request["command"]]
+    try:
+        _dagster_cli()()
+    except SystemExit as exc:  # click ends every command this way
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
 
 
 def serve(preload_modules: Sequence[str]) -> int:
@@ -344,9 +365,9 @@ def serve(preload_modules: Sequence[str]) -> int:
     os.dup2(2, 1)  # anything printed goes to the log, never into the protocol pipe
     sys.stdout = sys.stderr
     start = time.perf_counter()
-    name = "dagster._cli.api"  # what a forked run executes
+    name = "dagster's command line"  # what a forked run executes
     try:
-        importlib.import_module(name)
+        _dagster_cli()
         # The instance's storage classes: what every run opens first (SQLite/PostgreSQL storage,
         # alembic, SQLAlchemy dialects; ~0.3 s a run otherwise). Imported only, never opened.
         name = "the instance's storage classes"  # what the error names if the ref cannot be read

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,3 +181,12 @@ def test_pid_alive_reads_zombies_as_gone(monkeypatch, state: str):
     monkeypatch.setattr(prefork.os, "kill", lambda pid, sig: None)
     monkeypatch.setattr(prefork.Path, "read_text", lambda self: f"4242 (python -m x) {state} 1 2 3")
     assert prefork._pid_alive(4242) is (state != "Z")
+
+
+def test_the_forked_child_runs_dagsters_command_line_and_returns_its_exit_code(monkeypatch, capsys):
+    from launchers.prefork import _execute_forked_run
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the child sets it; keep pytest's
+    assert _execute_forked_run({"command": ["api", "execute_run", "--help"]}) == 0
+    assert "execute_run" in capsys.readouterr().out
+    assert _execute_forked_run({"command": ["api", "no_such_command"]}) == 2  # click's usage error
