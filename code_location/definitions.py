@@ -10,6 +10,7 @@ import warnings
 
 import dagster as dg
 
+import code_location.sqlite_commits  # noqa: F401  (registers the SQLite commit setting)
 from assets import explain, ingest, model, perception, training
 from assets.batch import WHOLE_MACHINE, build_batch_job
 from dagster_deepfake.config import load_settings
