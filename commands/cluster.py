@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from dagster_deepfake.config import REPO_ROOT
+from dagster_deepfake.errors import DeepfakeError
 
 CELERY_INSTANCE = REPO_ROOT / "deploy" / "dagster.celery.yaml"
 CELERY_WORKSPACE = REPO_ROOT / "deploy" / "workspace.celery.yaml"
@@ -49,6 +50,28 @@ def make_home(folder: Path, instance: Path = CELERY_INSTANCE) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(instance, folder / "dagster.yaml")
     return folder
+
+
+def create_dagster_storage(home: Path, env: Mapping[str, str]) -> None:
+    """Create (or upgrade) Dagster's own tables once, before any fleet process starts.
+
+    Every Dagster process creates missing tables when it first loads the instance, and two
+    doing so at once on a fresh database race: one dies on `relation "instance_info" already
+    exists` (seen as a daemon exiting at start-up; docs/DEPLOY.md §2b).
+    `dagster instance migrate` (public CLI) creates them and stamps the schema, so the
+    processes started afterwards find everything in place.
+    """
+    done = subprocess.run(
+        [str(BIN / "dagster"), "instance", "migrate"],
+        cwd=home,
+        env={**env, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise DeepfakeError(f"could not create Dagster's storage (dagster instance migrate): {tail[0]}")
 
 
 def base_env(env: Mapping[str, str], *, broker_url: str, dagster_pg_url: str) -> dict[str, str]:
@@ -178,6 +201,7 @@ def run_cluster(config_path: str | None, root: Path, port: int, broker_port: int
     if config_path:
         env["DAGSTER_DEEPFAKE_CONFIG"] = str(Path(config_path).resolve())
     home = make_home(root / "dagster_home")
+    create_dagster_storage(home, env)  # before anything below loads the instance
     workers = [
         start_worker(w["name"], root / w["name"], env, queues=w["queues"], concurrency=int(w["concurrency"]))
         for w in load_celery_config().get("workers", [])

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from commands.cluster import (
     base_env,
+    create_dagster_storage,
     dagster_storage_url,
     make_home,
     start_dagster,
@@ -160,6 +161,7 @@ def main() -> int:
 
         # -- Celery path: one worker, then two
         home = make_home(root / "celery_home")
+        create_dagster_storage(home, env)
         daemon = start_dagster("daemon", home, env, root / "celery-daemon.log")
         workers = [start_worker("w1", root / "w1", env)]
         try:

@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from commands.cluster import (
     Worker,
     base_env,
+    create_dagster_storage,
     dagster_storage_url,
     make_home,
     start_dagster,
@@ -198,6 +199,7 @@ def fleet(tmp_path_factory, pg_url: str, moto_endpoint: str) -> Iterator[Fleet]:
     home = make_home(root / "dagster_home")
     saved_pg = os.environ.get("DAGSTER_PG_URL")
     os.environ["DAGSTER_PG_URL"] = dagster_pg
+    create_dagster_storage(home, env)  # as `dagster-deepfake cluster` does, before any process
     fleet = Fleet(root, env, home, celery_yaml, root / "redis", broker_port, s3, db)
     fleet.daemon = start_dagster(
         "daemon",

@@ -98,3 +98,41 @@ def test_the_project_redis_keeps_queued_messages_over_a_restart(tmp_path: Path):
     finally:
         stop_redis(tmp_path / "redis")
     assert not stop_redis(tmp_path / "redis")
+
+
+def test_the_fleet_creates_dagsters_tables_once_before_its_processes_start(tmp_path: Path, pg_url: str):
+    """On a fresh database, daemon, webserver and workers each creating Dagster's tables at once
+    race (`relation "instance_info" already exists`); `cluster` creates them first."""
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.engine import make_url
+
+    from commands.cluster import base_env, create_dagster_storage, dagster_storage_url, make_home
+
+    admin = create_engine(make_url(pg_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS dagster_prepared WITH (FORCE)"))
+    admin.dispose()
+    dagster_pg = dagster_storage_url(pg_url, "dagster_prepared")
+    env = base_env(os.environ, broker_url="redis://127.0.0.1:1/0", dagster_pg_url=dagster_pg)
+    home = make_home(tmp_path / "home")
+    engine = create_engine(dagster_pg)
+    assert inspect(engine).get_table_names() == []
+
+    create_dagster_storage(home, env)
+    tables = set(inspect(engine).get_table_names())
+    assert {"runs", "instance_info", "event_logs", "jobs", "alembic_version"} <= tables
+    create_dagster_storage(home, env)  # a second start finds them and changes nothing
+    assert set(inspect(engine).get_table_names()) == tables
+    engine.dispose()
+
+
+def test_a_fleet_that_cannot_reach_dagsters_database_says_so_in_one_line(tmp_path: Path):
+    """`cluster` prints it as `error: ...` (commands/cli.py) before starting any process."""
+    from commands.cluster import base_env, create_dagster_storage, make_home
+    from dagster_deepfake.errors import DeepfakeError
+
+    dead = f"postgresql+psycopg2://nobody@127.0.0.1:{_free_port()}/dagster"
+    env = base_env(os.environ, broker_url="redis://127.0.0.1:1/0", dagster_pg_url=dead)
+    with pytest.raises(DeepfakeError, match=r"could not create Dagster's storage") as failed:
+        create_dagster_storage(make_home(tmp_path / "home"), env)
+    assert "\n" not in str(failed.value) and "Traceback" not in str(failed.value)
