@@ -157,6 +157,15 @@ def test_a_code_server_that_cannot_load_says_so_and_leaves_nothing(tmp_path: Pat
     assert "no_such_module" in (tmp_path / "daemon.log").read_text()
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    """A child's command line; [] for one that has just exited (a zombie until the daemon reaps
+    it, e.g. a finished run worker): it is no code server."""
+    try:
+        return proc.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(DAEMON_TIMEOUT_SECONDS + 60)
 def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagster_home: Path, pg_url: str):
@@ -210,7 +219,7 @@ def test_daemon_runs_sensor_requested_analysis(tmp_path: Path, daemon_env, dagst
             assert run.remote_job_origin.location_name == LOCATION_NAME
             assert proc.code_server.poll() is None
             daemon_children = psutil.Process(proc.daemon.pid).children(recursive=True)
-            assert not [c for c in daemon_children if "api" in c.cmdline() and "grpc" in c.cmdline()]
+            assert not [c for c in daemon_children if {"api", "grpc"} <= set(_cmdline(c))]
     finally:
         proc.stop(timeout_s=20)
 
