@@ -80,12 +80,18 @@ def build_bench_ensemble(model_dir: Path, model_config: str, size: int) -> None:
         del model
 
 
+def _with_backbone(settings: Settings, backbone: str) -> Settings:
+    return settings.model_copy(
+        update={"platform": settings.platform.model_copy(update={"cpu_backbone": backbone})}
+    )
+
+
 def run_one(path: Path, settings: Settings, *, warm: bool = False) -> dict[str, Any]:
     """The whole pipeline on one clip in this process, stage by stage (called in a child process).
 
     `warm`: analyse the clip a second time in the same process (the model's cold vs warm time:
-    oneDNN builds its kernels on the first pass) and, where the default precision is reduced
-    (bf16 on a CPU with native bf16, AMP on CUDA), a third time in fp32 for |ΔP(fake)|.
+    oneDNN builds its kernels on the first pass), then in fp32: torch (the reference for
+    |ΔP(fake)|) and ONNX Runtime's backbone (models/onnx_backbone.py).
     """
     from dagster_deepfake.analyze import analyze_file
     from dagster_deepfake.storage import layout
@@ -98,17 +104,24 @@ def run_one(path: Path, settings: Settings, *, warm: bool = False) -> dict[str, 
             passes_start = time.perf_counter()
             again = analyze_file(path, settings, out_dir=tmp)
             extra["warm_timings"] = dict(again.timings)
-            if again.document["additions"]["precision"] != "fp32":
-                from dagster_deepfake.models import inference
+            from dagster_deepfake.models import inference
 
-                reduced = inference.default_bf16
-                inference.default_bf16 = lambda device: False  # this child only: the fp32 reference
-                try:
-                    fp32 = analyze_file(path, settings, out_dir=tmp)
-                finally:
-                    inference.default_bf16 = reduced
-                extra["fp32_model_s"] = fp32.timings.get("model")
-                extra["p_fake_fp32"] = fp32.document["prediction"]["manipulation_confidence"]
+            reduced = inference.default_bf16
+            inference.default_bf16 = lambda device: False  # this child only: the fp32 passes
+            try:
+                # the reference, torch fp32; then ONNX Runtime's fp32 backbone, what a CPU without
+                # native bf16 runs by default (`platform.cpu_backbone`), twice: the first exports
+                # the graph unless this checkpoint's is already under model_dir/onnx
+                fp32 = analyze_file(path, _with_backbone(settings, "torch"), out_dir=tmp)
+                onnx_first = analyze_file(path, _with_backbone(settings, "onnxruntime"), out_dir=tmp)
+                onnx = analyze_file(path, _with_backbone(settings, "onnxruntime"), out_dir=tmp)
+            finally:
+                inference.default_bf16 = reduced
+            extra["fp32_model_s"] = fp32.timings.get("model")
+            extra["p_fake_fp32"] = fp32.document["prediction"]["manipulation_confidence"]
+            extra["onnx_first_model_s"] = onnx_first.timings.get("model")
+            extra["onnx_model_s"] = onnx.timings.get("model")
+            extra["p_fake_onnx"] = onnx.document["prediction"]["manipulation_confidence"]
             # Not start-up: the row's start-up is the process wall minus the first pass's stages.
             extra["extra_passes_s"] = round(time.perf_counter() - passes_start, 3)
         timings = dict(result.timings)
@@ -365,8 +378,14 @@ def _cold_warm(rows: list[dict[str, Any]]) -> list[str]:
         )
         if "p_fake_fp32" in r:
             line += (
-                f" fp32 on the same inputs: model {r['fp32_model_s']:.2f} s, "
+                f" torch fp32 on the same inputs: model {r['fp32_model_s']:.2f} s, "
                 f"|ΔP(fake)| = {abs(r['p_fake'] - r['p_fake_fp32']):.5f} (tolerance 0.01)."
+            )
+        if "p_fake_onnx" in r:
+            line += (
+                f" ONNX Runtime fp32 backbone (a CPU without native bf16): model {r['onnx_first_model_s']:.2f} s "
+                f"first, {r['onnx_model_s']:.2f} s next, |ΔP(fake)| against torch fp32 = "
+                f"{abs(r['p_fake_onnx'] - r['p_fake_fp32']):.5f}."
             )
         lines.append(line)
     return lines

@@ -51,6 +51,7 @@ _PLATFORM_ENV = {
     "s3_region": "DAGSTER_DEEPFAKE_S3_REGION",
     "upload_settle_seconds": "DAGSTER_DEEPFAKE_UPLOAD_SETTLE_SECONDS",
     "device": "DAGSTER_DEEPFAKE_DEVICE",
+    "cpu_backbone": "DAGSTER_DEEPFAKE_CPU_BACKBONE",
     "checkpoint": "DAGSTER_DEEPFAKE_CHECKPOINT",
     "model_dir": "DAGSTER_DEEPFAKE_MODEL_DIR",
     "side_by_side_runs": "DAGSTER_DEEPFAKE_SIDE_BY_SIDE_RUNS",
@@ -512,6 +513,9 @@ class PlatformConfig(_Section):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The face backbone on the CPU in fp32: ONNX Runtime (auto: where the CPU has no native bf16,
+    # 2-3x torch's fp32 there) or torch (docs/CONFIG.md, models/onnx_backbone.py).
+    cpu_backbone: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Trained checkpoint folder (model.safetensors + manifest.json); null = the newest under
     # model_dir/current, else an untrained model of `model.registry_config` (flagged everywhere).
     checkpoint: str | None = None

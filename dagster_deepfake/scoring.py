@@ -20,6 +20,7 @@ import numpy as np
 from dagster_deepfake.models.checkpoint import CheckpointManifest
 from dagster_deepfake.models.detector import DeepfakeDetector
 from dagster_deepfake.models.inference import VideoPrediction, predict_video
+from dagster_deepfake.models.onnx_backbone import CpuBackbone
 
 
 def bootstrap_interval(
@@ -102,6 +103,8 @@ def score_video(
     audio: list[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
     keep_output: bool = False,
     keep_feature_maps: bool = False,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | None = None,
 ) -> ScoredVideo:
     """Run every ensemble member on one video and combine them.
 
@@ -109,6 +112,7 @@ def score_video(
     (`stages.audio_embeddings_stage`), or (None, None) without usable speech: each member has
     its own audio encoder, so one member's embeddings never stand in for another's.
     `keep_feature_maps`: the first member keeps its backbone feature maps, the ones Grad-CAM reads.
+    `cpu_backbone`, `model_dir`: where each member's backbone runs (`predict_video`).
     """
     if not members:
         raise ValueError("score_video needs at least one model")
@@ -128,6 +132,8 @@ def score_video(
             audio_features=features,
             audio_valid=valid,
             keep_feature_maps=keep_feature_maps and i == 0,
+            cpu_backbone=cpu_backbone,
+            model_dir=model_dir,
         )
         for i, ((model, manifest), (features, valid)) in enumerate(zip(members, audio, strict=True))
     ]

@@ -289,6 +289,8 @@ def predictions_stage(
         device=device,
         audio=[(e.features, e.valid) if e.used else (None, None) for e in embeddings],
         keep_feature_maps=keep_feature_maps,
+        cpu_backbone=settings.platform.cpu_backbone,
+        model_dir=settings.platform.model_dir,
     )
     scored.provenance = provenance_record([m for _, m in members], settings)
     return scored

@@ -1,11 +1,12 @@
-"""Every reduced-precision path against fp32 torch on the same inputs: |ΔP(fake)| ≤ 0.01
+"""Every reduced-precision or exported path against fp32 torch on the same inputs: |ΔP(fake)| ≤ 0.01
 (`models.inference.BF16_MAX_P_FAKE_SHIFT`, issue 20).
 
 The reduced paths are bf16 autocast for the face backbone and wav2vec2 (the default on CPUs
 with native bf16, `default_bf16`), both through `predict_video` encoding the audio itself and
 through the Dagster path's precomputed `audio_embeddings` stage. Emulated bf16 computes the same
 numbers as native bf16 (only slower), so the check holds on any CPU. The bench repeats it on the
-full-size contract model (`make bench`: |ΔP(fake)| on the 30 s 720p clip).
+full-size contract model (`make bench`: |ΔP(fake)| on the 30 s 720p clip). The exported path
+is the face backbone through ONNX Runtime in fp32 (`platform.cpu_backbone`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 
 from dagster_deepfake import stages
-from dagster_deepfake.models import build_detector, get_model_config
+from dagster_deepfake.models import build_detector, get_model_config, inference
 from dagster_deepfake.models.inference import BF16_MAX_P_FAKE_SHIFT, default_bf16, predict_video
+from dagster_deepfake.models.onnx_backbone import ONNX_SUBDIR, use_onnx_backbone
 
 SAMPLE_RATE = 16000
 
@@ -94,3 +96,103 @@ def test_the_default_precision_is_within_tolerance_of_fp32(tiny):
     fp32 = predict_video(tiny, crops, flow, waveform, mask, timestamps=timestamps, bf16=False)
     assert default.precision == ("bf16" if default_bf16("cpu") else "fp32")
     assert abs(default.p_fake - fp32.p_fake) <= BF16_MAX_P_FAKE_SHIFT
+
+
+# -- The exported path: the face backbone through ONNX Runtime (models/onnx_backbone.py) ---------
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_onnx_backbone_predict_video_matches_torch_fp32(tiny, tmp_path, seed):
+    crops, flow, waveform, mask, timestamps = _video(seed)
+    kwargs = {"timestamps": timestamps, "frame_rate": 5.0, "batch_size": 5, "keep_feature_maps": True}
+    torch_fp32 = predict_video(tiny, crops, flow, waveform, mask, bf16=False, **kwargs)
+    exported = predict_video(
+        tiny,
+        crops,
+        flow,
+        waveform,
+        mask,
+        bf16=False,
+        cpu_backbone="onnxruntime",
+        model_dir=tmp_path,
+        **kwargs,
+    )
+    assert (torch_fp32.backbone_runtime, exported.backbone_runtime) == ("torch", "onnxruntime")
+    assert exported.precision == "fp32"
+    assert len(list((tmp_path / ONNX_SUBDIR).glob("*.onnx"))) == 1  # the graph it ran
+    assert abs(exported.p_fake - torch_fp32.p_fake) <= BF16_MAX_P_FAKE_SHIFT
+    assert abs(exported.p_fake_video_only - torch_fp32.p_fake_video_only) <= BF16_MAX_P_FAKE_SHIFT
+    assert np.abs(exported.window_probs - torch_fp32.window_probs).max() <= BF16_MAX_P_FAKE_SHIFT
+    # Grad-CAM reads these maps: the same as torch's up to float rounding
+    np.testing.assert_allclose(exported.feature_maps.numpy(), torch_fp32.feature_maps.numpy(), atol=1e-4)
+
+
+def test_the_onnx_graph_is_exported_once_per_weights(tiny, tmp_path, monkeypatch):
+    from dagster_deepfake.models import onnx_backbone
+
+    crops, flow, _, _, _ = _video(6)
+    predict_video(tiny, crops, flow, bf16=False, cpu_backbone="onnxruntime", model_dir=tmp_path)
+    (graph,) = (tmp_path / ONNX_SUBDIR).glob("*.onnx")
+
+    # A new process (no session cached) with the same weights finds the graph and exports nothing.
+    monkeypatch.setattr(onnx_backbone, "_runners", onnx_backbone.weakref.WeakKeyDictionary())
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_backbone, "export_feature_maps", no_export)
+    again = predict_video(tiny, crops, flow, bf16=False, cpu_backbone="onnxruntime", model_dir=tmp_path)
+    assert again.backbone_runtime == "onnxruntime"
+    monkeypatch.undo()
+
+    other, _ = build_detector(get_model_config("tiny"), pretrained=False, seed=1)  # other weights
+    predict_video(other.eval(), crops, flow, bf16=False, cpu_backbone="onnxruntime", model_dir=tmp_path)
+    graphs = sorted((tmp_path / ONNX_SUBDIR).glob("*.onnx"))
+    assert len(graphs) == 2 and graph in graphs
+    assert not list((tmp_path / ONNX_SUBDIR).glob("*.tmp"))  # written under a temp name, renamed
+
+
+def test_the_backbone_runtime_follows_the_setting_and_the_precision():
+    assert use_onnx_backbone("auto", "cpu", reduced_precision=False)  # fp32 CPU: no native bf16
+    assert not use_onnx_backbone("auto", "cpu", reduced_precision=True)  # native bf16: torch bf16
+    assert use_onnx_backbone("onnxruntime", "cpu", reduced_precision=False)
+    assert not use_onnx_backbone("torch", "cpu", reduced_precision=False)
+    assert not use_onnx_backbone("onnxruntime", "cuda", reduced_precision=True)
+    assert not use_onnx_backbone("auto", "cuda", reduced_precision=False)
+
+
+def test_the_predictions_stage_takes_the_backbone_runtime_from_the_settings(tiny, tmp_path, monkeypatch):
+    from dagster_deepfake.config import load_settings
+    from dagster_deepfake.models.checkpoint import CheckpointManifest
+
+    crops, flow, _, _, timestamps = _video(7)
+    members = [(tiny, CheckpointManifest.for_model(tiny, model_version="tiny-test"))]
+    no_audio = [stages.AudioEmbeddings(np.zeros((0, 1), np.float32), np.zeros(0, bool))]
+    monkeypatch.setenv("DAGSTER_DEEPFAKE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)  # a CPU without native bf16
+    for setting, made_graph in (("torch", False), ("onnxruntime", True)):
+        monkeypatch.setenv("DAGSTER_DEEPFAKE_CPU_BACKBONE", setting)
+        settings = load_settings()
+        assert settings.platform.cpu_backbone == setting
+        stages.predictions_stage(members, crops, flow, timestamps, no_audio, settings, "cpu")
+        assert (tmp_path / ONNX_SUBDIR).is_dir() == made_graph
+
+
+def test_a_backbone_onnx_cannot_take_is_served_by_torch_with_one_warning(tmp_path, monkeypatch, caplog):
+    from dagster_deepfake.models import onnx_backbone
+
+    model, _ = build_detector(get_model_config("tiny"), pretrained=False, seed=2)
+    model.eval()
+    crops, flow, _, _, _ = _video(8)
+
+    def unsupported(*_args, **_kwargs):
+        raise RuntimeError("Exporting the operator 'aten::odd_op' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(onnx_backbone, "export_feature_maps", unsupported)
+    with caplog.at_level("WARNING", logger=onnx_backbone.__name__):
+        served = predict_video(model, crops, flow, bf16=False, cpu_backbone="onnxruntime", model_dir=tmp_path)
+        again = predict_video(model, crops, flow, bf16=False, cpu_backbone="onnxruntime", model_dir=tmp_path)
+    assert served.backbone_runtime == again.backbone_runtime == "torch"
+    assert served.p_fake == predict_video(model, crops, flow, bf16=False).p_fake
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "aten::odd_op" in warnings[0] and "using torch" in warnings[0]

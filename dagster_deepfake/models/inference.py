@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .detector import DeepfakeDetector, DetectorOutput
+from .onnx_backbone import CpuBackbone, onnx_feature_maps, use_onnx_backbone
 
 #: bf16 autocast on CPU is the default only where the CPU runs bf16 natively (AVX-512 BF16 /
 #: AMX); emulated bf16 is slower than fp32. Measured on a random-init contract model, 150 faces
@@ -96,6 +97,7 @@ class VideoPrediction:
     precision: str  # "fp32" | "bf16" | "amp"
     num_faces: int
     timings: dict[str, float] = field(default_factory=dict)
+    backbone_runtime: str = "torch"  # "torch" | "onnxruntime" (models/onnx_backbone.py)
     output: DetectorOutput | None = field(default=None, repr=False)
     # (N, C, h, w) last feature maps of every face (`keep_feature_maps`), for Grad-CAM.
     feature_maps: torch.Tensor | None = field(default=None, repr=False)
@@ -149,6 +151,8 @@ def predict_video(
     audio_features: np.ndarray | None = None,
     audio_valid: np.ndarray | None = None,
     keep_feature_maps: bool = False,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | Path | None = None,
 ) -> VideoPrediction:
     """Classify one video from its aligned faces, flow summary and (optional) speech.
 
@@ -165,6 +169,8 @@ def predict_video(
             video (the `audio_embeddings` asset); when given, the waveform is not re-encoded.
         keep_feature_maps: keep the backbone's last feature maps (`VideoPrediction.feature_maps`,
             at most `FEATURE_MAPS_MAX_BYTES`), so Grad-CAM needs no second backbone pass.
+        cpu_backbone: `platform.cpu_backbone`; where `use_onnx_backbone` says so (fp32 on the CPU),
+            the backbone's maps come from ONNX Runtime, its graph cached under `model_dir`.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -177,6 +183,11 @@ def predict_video(
     use_reduced = default_bf16(device) if bf16 is None else bf16
     precision = "fp32" if not use_reduced else ("amp" if device.type == "cuda" else "bf16")
     model = model.to(device).eval()
+    onnx_maps = None
+    if use_onnx_backbone(cpu_backbone, device, use_reduced):
+        if model_dir is None:
+            raise ValueError(f"cpu_backbone {cpu_backbone!r} needs a model_dir for the exported graph")
+        onnx_maps = onnx_feature_maps(model.frame_encoder, model_dir, int(crops.shape[1]))
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with torch.inference_mode():
@@ -184,7 +195,9 @@ def predict_video(
         for start in range(0, count, batch_size):
             faces = model.preprocess_faces(crops[start : start + batch_size]).to(device)
             with autocast_context(device, use_reduced):
-                batch_maps = model.frame_encoder.feature_maps(faces)
+                batch_maps = (
+                    model.frame_encoder.feature_maps(faces) if onnx_maps is None else onnx_maps(faces)
+                )
                 features.append(model.frame_encoder.pool(batch_maps).float())
             if keep_feature_maps and start == 0:  # the whole video's maps, judged by the first face's
                 keep_feature_maps = batch_maps[0].nelement() * batch_maps.element_size() * count <= (
@@ -234,6 +247,7 @@ def predict_video(
         precision=precision,
         num_faces=count,
         timings=timings,
+        backbone_runtime="torch" if onnx_maps is None else "onnxruntime",
         output=output if keep_output else None,
         feature_maps=feature_maps,
     )

@@ -1,0 +1,163 @@
+"""The face backbone's feature maps through ONNX Runtime, for CPUs without native bf16.
+
+Why (issue 20): on a CPU without native bf16 the model runs in fp32 (`inference.cpu_supports_bf16`),
+and torch's fp32 EfficientNet-B3 is the largest part of a video's time. Measured on the 2-core AMD
+EPYC build machine with fp32 forced, 150 faces of the contract backbone in batches of 30, in the
+serving process (docs/ARCHITECTURE.md §7):
+
+    torch fp32             6.0 s first pass, 4.4 s next
+    ONNX Runtime fp32      6.2 s first pass, 3.6-3.9 s next   (export 2.0 s once, 42 MB)
+
+So `platform.cpu_backbone: auto` takes ONNX Runtime where the model runs in fp32 on the CPU (no gain
+for a one-off `analyze`, faster in batch runs and warm workers) and leaves torch bf16 alone where
+the CPU has it. The graph is exported from the loaded model itself (torch's TorchScript exporter)
+into `<model_dir>/onnx/<backbone>-<face size>px-<hash of its weights>.onnx`, once per checkpoint
+and host, written to a temporary name and renamed, so processes that race only export twice.
+
+Only the backbone goes through ONNX Runtime: pooling, the temporal encoder, fusion and the head
+stay in torch, and Grad-CAM takes its gradient there from these maps (`explain/gradcam.py`), so
+heat maps need no autograd through ONNX. The maps are fp32 like torch's; tests/test_precision_parity.py
+checks P(fake) against torch fp32 on the same inputs (|ΔP| ≤ `BF16_MAX_P_FAKE_SHIFT`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .video import FrameEncoder
+
+logger = logging.getLogger(__name__)
+
+CpuBackbone = Literal["auto", "torch", "onnxruntime"]
+ONNX_SUBDIR = "onnx"
+OPSET = 17
+
+# One session per loaded model, graph folder and face size, for as long as the model is loaded.
+_runners: weakref.WeakKeyDictionary[FrameEncoder, dict[tuple[str, int], OnnxFeatureMaps | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def use_onnx_backbone(setting: CpuBackbone, device: str | torch.device, reduced_precision: bool) -> bool:
+    """Whether the backbone runs in ONNX Runtime: only on the CPU in fp32; `auto` there means yes
+    (bf16 is chosen only where the CPU has it natively, and then torch is used)."""
+    if torch.device(device).type != "cpu" or reduced_precision:
+        return False
+    return setting in ("auto", "onnxruntime")
+
+
+def backbone_digest(encoder: FrameEncoder) -> str:
+    """A name for these exact weights: the backbone's name, and every tensor's name, shape and bytes."""
+    digest = hashlib.sha256(encoder.config.backbone.encode())
+    for name, tensor in encoder.backbone.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _FeatureMaps(nn.Module):
+    """forward(faces (M, 3, H, W) float32) -> (M, C, h, w) float32: `FrameEncoder.feature_maps`."""
+
+    def __init__(self, encoder: FrameEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.encoder.feature_maps(faces)
+
+
+def export_feature_maps(encoder: FrameEncoder, path: Path, image_size: int) -> Path:
+    """Write the backbone's feature-map graph (dynamic batch) to `path`, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    example = torch.zeros(2, 3, image_size, image_size)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                _FeatureMaps(encoder),
+                (example,),
+                str(partial),
+                dynamo=False,  # the TorchScript exporter: no onnxscript dependency
+                input_names=["faces"],
+                output_names=["maps"],
+                dynamic_axes={"faces": {0: "faces"}, "maps": {0: "faces"}},
+                opset_version=OPSET,
+            )
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        encoder.train(was_training)
+    return path
+
+
+class OnnxFeatureMaps:
+    """An ONNX Runtime session of one backbone. `__call__(faces (M, 3, H, W)) -> (M, C, h, w)`."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # The cores this process may use: a pinned batch run's share (runtime.claim_cpu_slot).
+        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, faces: torch.Tensor) -> torch.Tensor:
+        array = faces.detach().float().contiguous().cpu().numpy()
+        (maps,) = self.session.run(["maps"], {"faces": array})
+        return torch.from_numpy(maps)
+
+
+def onnx_feature_maps(
+    encoder: FrameEncoder, model_dir: str | Path, image_size: int
+) -> OnnxFeatureMaps | None:
+    """The session for this encoder (one per loaded model and process), exporting its graph the
+    first time these weights are seen on this host. None, with one warning, where the backbone
+    cannot be exported or loaded (a timm model the exporter does not cover): torch serves then."""
+    with _lock:
+        sessions = _runners.setdefault(encoder, {})
+        key = (str(model_dir), image_size)
+        if key not in sessions:
+            name = f"{encoder.config.backbone}-{image_size}px-{backbone_digest(encoder)}.onnx"
+            path = Path(model_dir) / ONNX_SUBDIR / name
+            try:
+                if not path.is_file():
+                    logger.info(
+                        "exporting the %s backbone for ONNX Runtime to %s (once)",
+                        encoder.config.backbone,
+                        path,
+                    )
+                    export_feature_maps(encoder, path, image_size)
+                sessions[key] = OnnxFeatureMaps(path)
+            except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure: torch serves
+                logger.warning(
+                    "the %s backbone does not run in ONNX Runtime (%s: %s); using torch",
+                    encoder.config.backbone,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
+                sessions[key] = None
+        return sessions[key]
+
+
+__all__ = [
+    "CpuBackbone",
+    "OnnxFeatureMaps",
+    "backbone_digest",
+    "export_feature_maps",
+    "onnx_feature_maps",
+    "use_onnx_backbone",
+]
