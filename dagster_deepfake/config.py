@@ -513,8 +513,8 @@ class PlatformConfig(_Section):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # The face backbone on the CPU in fp32: ONNX Runtime (auto: where the CPU has no native bf16,
-    # 2-3x torch's fp32 there) or torch (docs/CONFIG.md, models/onnx_backbone.py).
+    # The face backbone when the model runs fp32 on the CPU (no native bf16): auto = ONNX Runtime,
+    # faster than torch's fp32 in warm processes, or torch (docs/CONFIG.md, models/onnx_backbone.py).
     cpu_backbone: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Trained checkpoint folder (model.safetensors + manifest.json); null = the newest under
     # model_dir/current, else an untrained model of `model.registry_config` (flagged everywhere).

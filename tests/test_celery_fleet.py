@@ -410,7 +410,11 @@ def test_a_worker_without_s3_fails_its_step_with_the_reason_and_the_run_is_retri
     # Before it takes the retry too. Warm shutdown, not SIGKILL: a worker killed before its task
     # returned leaves the task unacknowledged, and Redis hands it out again after the visibility
     # timeout; a worker that can reach S3 then runs it and the first run succeeds (seen in CI).
-    fleet.stop_worker("w3")
+    # Wait for it as long as for anything else here: once (CI, 12:03 on 2026-12-03) the failing
+    # task had not returned 60 s later, was killed, and the first run then waited for a result
+    # that only another worker could bring.
+    w3 = fleet.workers.pop("w3")
+    w3.stop(timeout=WAIT_SECONDS)
 
     def retry_launched() -> bool:
         with fleet.instance() as instance:
@@ -418,7 +422,10 @@ def test_a_worker_without_s3_fails_its_step_with_the_reason_and_the_run_is_retri
             return len(runs) == 2 and any(r.status == dg.DagsterRunStatus.FAILURE for r in runs)
 
     # The retry's steps wait in the broker until a worker that can reach S3 is there.
-    _wait(retry_launched, WAIT_SECONDS, "the first run's failure and its retry", fleet)
+    try:
+        _wait(retry_launched, WAIT_SECONDS, "the first run's failure and its retry", fleet)
+    except AssertionError as exc:  # the stopped worker's log says where its task was
+        raise AssertionError(f"{exc}\n--- w3 ---\n{w3.log.read_text()[-4000:]}") from None
     fleet.start_worker("w1")
     fleet.start_worker("w2")
     error = failure.event_specific_data.error
