@@ -108,20 +108,28 @@ def run_one(path: Path, settings: Settings, *, warm: bool = False) -> dict[str, 
 
             reduced = inference.default_bf16
             inference.default_bf16 = lambda device: False  # this child only: the fp32 passes
+            precision = again.document["additions"]["precision"]
             try:
-                # the reference, torch fp32; then ONNX Runtime's fp32 backbone, what a CPU without
-                # native bf16 runs by default (`platform.cpu_backbone`), twice: the first exports
-                # the graph unless this checkpoint's is already under model_dir/onnx
+                # the reference, torch fp32; then, on the CPU, ONNX Runtime's fp32 backbone (what a
+                # CPU without native bf16 runs by default, `platform.cpu_backbone`) twice: the first
+                # exports the graph unless this checkpoint's is already under model_dir/onnx. On
+                # such a CPU the two passes above were those already.
                 fp32 = analyze_file(path, _with_backbone(settings, "torch"), out_dir=tmp)
-                onnx_first = analyze_file(path, _with_backbone(settings, "onnxruntime"), out_dir=tmp)
-                onnx = analyze_file(path, _with_backbone(settings, "onnxruntime"), out_dir=tmp)
+                onnx_passes = None
+                if precision == "fp32" and settings.platform.cpu_backbone != "torch":
+                    onnx_passes = (result, again)
+                elif precision != "amp":  # amp: CUDA, where ONNX Runtime is not used
+                    onnx_settings = _with_backbone(settings, "onnxruntime")
+                    onnx_passes = tuple(analyze_file(path, onnx_settings, out_dir=tmp) for _ in range(2))
             finally:
                 inference.default_bf16 = reduced
             extra["fp32_model_s"] = fp32.timings.get("model")
             extra["p_fake_fp32"] = fp32.document["prediction"]["manipulation_confidence"]
-            extra["onnx_first_model_s"] = onnx_first.timings.get("model")
-            extra["onnx_model_s"] = onnx.timings.get("model")
-            extra["p_fake_onnx"] = onnx.document["prediction"]["manipulation_confidence"]
+            if onnx_passes:
+                onnx_first, onnx = onnx_passes
+                extra["onnx_first_model_s"] = onnx_first.timings.get("model")
+                extra["onnx_model_s"] = onnx.timings.get("model")
+                extra["p_fake_onnx"] = onnx.document["prediction"]["manipulation_confidence"]
             # Not start-up: the row's start-up is the process wall minus the first pass's stages.
             extra["extra_passes_s"] = round(time.perf_counter() - passes_start, 3)
         timings = dict(result.timings)
