@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dagster_deepfake import stages
 from dagster_deepfake.models import build_detector, get_model_config, inference
 from dagster_deepfake.models.inference import BF16_MAX_P_FAKE_SHIFT, default_bf16, predict_video
-from dagster_deepfake.models.onnx_backbone import ONNX_SUBDIR, use_onnx_backbone
+from dagster_deepfake.models.onnx_backbone import FACES_PER_CALL, ONNX_SUBDIR, use_onnx_backbone
 
 SAMPLE_RATE = 16000
 
@@ -125,6 +126,21 @@ def test_onnx_backbone_predict_video_matches_torch_fp32(tiny, tmp_path, seed):
     assert np.abs(exported.window_probs - torch_fp32.window_probs).max() <= BF16_MAX_P_FAKE_SHIFT
     # Grad-CAM reads these maps: the same as torch's up to float rounding
     np.testing.assert_allclose(exported.feature_maps.numpy(), torch_fp32.feature_maps.numpy(), atol=1e-4)
+
+
+def test_the_face_graph_runs_more_faces_than_one_call_takes(tiny, tmp_path):
+    """predict_video hands over up to 30 faces; ONNX Runtime takes them FACES_PER_CALL at a time."""
+    from dagster_deepfake.models.onnx_backbone import onnx_feature_maps
+
+    crops = _video(11, faces=2 * FACES_PER_CALL + 3)[0]
+    faces = tiny.preprocess_faces(crops)
+    runner = onnx_feature_maps(tiny.frame_encoder, tmp_path, crops.shape[1])
+    with torch.inference_mode():
+        reference = tiny.frame_encoder.feature_maps(faces)
+    maps = runner(faces)
+    assert maps.shape == reference.shape
+    np.testing.assert_allclose(maps.numpy(), reference.numpy(), atol=1e-4)
+    assert not any(m.training for m in tiny.modules())  # exporting left the model in eval mode
 
 
 def test_the_onnx_graph_is_exported_once_per_weights(tiny, tmp_path, monkeypatch):

@@ -2,15 +2,22 @@
 
 Why (issue 20): on a CPU without native bf16 the model runs in fp32 (`inference.cpu_supports_bf16`),
 and torch's fp32 EfficientNet-B3 is the largest part of a video's time. Measured on the 2-core AMD
-EPYC build machine with fp32 forced, 150 faces of the contract backbone in batches of 30, in the
-serving process (docs/ARCHITECTURE.md §7):
+EPYC machines, 150 faces of the contract backbone, predict_video's batches of 30, in the serving
+process (`runtime.keep_freed_memory`; without it torch fp32 reads twice as slow), fresh processes
+(docs/ARCHITECTURE.md §7):
 
-    torch fp32             6.0 s first pass, 4.4 s next
-    ONNX Runtime fp32      6.2 s first pass, 3.6-3.9 s next   (export 2.0 s once, 42 MB)
+    Zen 3, AVX2, no AVX-512 (the model runs fp32 here), 2026-12-03:
+      torch fp32                               5.5-6.1 s first pass, 5.0 s next
+      ONNX Runtime, calls of 30 faces          5.9-6.9 s first pass, 4.8-5.8 s next
+      ONNX Runtime, calls of 10 faces          3.9-4.9 s first pass, 3.6-4.2 s next
+    AVX512-BF16 with fp32 forced, calls of 30, 2026-12-03: torch 6.0 / 4.4 s, ONNX Runtime
+      6.2 / 3.6-3.9 s (bf16 torch, this CPU's default, 4.3-4.7 s)
+    export 2.0 s once, 42 MB
 
-So `platform.cpu_backbone: auto` takes ONNX Runtime where the model runs in fp32 on the CPU (no gain
-for a one-off `analyze`, faster in batch runs and warm workers) and leaves torch bf16 alone where
-the CPU has it. The graph is exported from the loaded model itself (torch's TorchScript exporter)
+So `platform.cpu_backbone: auto` takes ONNX Runtime where the model runs in fp32 on the CPU, in
+calls of `FACES_PER_CALL` faces, and leaves torch bf16 alone where the CPU has it. wav2vec2 stays
+in torch: its ONNX Runtime graph (379 MB) was measured no faster there (30 s of audio on Zen 3:
+ONNX Runtime 4.6-5.4 s first call, torch 3.9-4.8 s). The graph is exported from the loaded model itself (torch's TorchScript exporter)
 into `<model_dir>/onnx/<backbone>-<face size>px-<hash of its weights>.onnx`, once per checkpoint
 and host, written to a temporary name and renamed, so processes that race only export twice.
 
@@ -30,6 +37,7 @@ import weakref
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +48,10 @@ logger = logging.getLogger(__name__)
 CpuBackbone = Literal["auto", "torch", "onnxruntime"]
 ONNX_SUBDIR = "onnx"
 OPSET = 17
+
+#: Faces per ONNX Runtime call: calls of 10 keep the activations in cache on 2 cores and beat
+#: calls of 30 by ~1.5 s per 150 faces (table above); smaller calls gained nothing more.
+FACES_PER_CALL = 10
 
 # One session per loaded model, graph folder and face size, for as long as the model is loaded.
 _runners: weakref.WeakKeyDictionary[FrameEncoder, dict[tuple[str, int], OnnxFeatureMaps | None]] = (
@@ -117,8 +129,11 @@ class OnnxFeatureMaps:
 
     def __call__(self, faces: torch.Tensor) -> torch.Tensor:
         array = faces.detach().float().contiguous().cpu().numpy()
-        (maps,) = self.session.run(["maps"], {"faces": array})
-        return torch.from_numpy(maps)
+        maps = [
+            self.session.run(["maps"], {"faces": array[start : start + FACES_PER_CALL]})[0]
+            for start in range(0, len(array), FACES_PER_CALL)
+        ]
+        return torch.from_numpy(maps[0] if len(maps) == 1 else np.concatenate(maps))
 
 
 def onnx_feature_maps(
@@ -154,6 +169,7 @@ def onnx_feature_maps(
 
 
 __all__ = [
+    "FACES_PER_CALL",
     "CpuBackbone",
     "OnnxFeatureMaps",
     "backbone_digest",
