@@ -168,6 +168,35 @@ def test_the_onnx_graph_is_exported_once_per_weights(tiny, tmp_path, monkeypatch
     assert not list((tmp_path / ONNX_SUBDIR).glob("*.tmp"))  # written under a temp name, renamed
 
 
+def test_exporting_keeps_the_graphs_used_last_and_drops_the_rest(tiny, tmp_path):
+    """Graphs of checkpoints retrained away do not pile up: a new export keeps the KEEP_GRAPHS
+    used last (loading one touches it) and deletes the rest and dead exports' temp files."""
+    import os
+    import time
+
+    from dagster_deepfake.models.onnx_backbone import KEEP_GRAPHS, onnx_feature_maps
+
+    folder = tmp_path / ONNX_SUBDIR
+    folder.mkdir()
+    old = time.time() - 7200
+    stale = [folder / f"other-{i}.onnx" for i in range(KEEP_GRAPHS + 2)]
+    for i, path in enumerate(stale):  # other-0 used longest ago
+        path.write_bytes(b"not a graph")
+        os.utime(path, (old + i, old + i))
+    dead_export = folder / "x.onnx.123.456.tmp"
+    dead_export.write_bytes(b"")
+    os.utime(dead_export, (old, old))
+    running_export = folder / "y.onnx.789.1.tmp"  # another process exporting right now
+    running_export.write_bytes(b"")
+
+    assert onnx_feature_maps(tiny.frame_encoder, tmp_path, 64) is not None
+    left = set(folder.iterdir())
+    (graph,) = left - set(stale) - {running_export}
+    assert graph.suffix == ".onnx"
+    assert left == {graph, running_export, *stale[-(KEEP_GRAPHS - 1) :]}
+    assert not dead_export.exists()
+
+
 def test_the_backbone_runtime_follows_the_setting_and_the_precision():
     assert use_onnx_backbone("auto", "cpu", reduced_precision=False)  # fp32 CPU: no native bf16
     assert not use_onnx_backbone("auto", "cpu", reduced_precision=True)  # native bf16: torch bf16

@@ -29,10 +29,12 @@ checks P(fake) against torch fp32 on the same inputs (|ΔP| ≤ `BF16_MAX_P_FAKE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -52,6 +54,13 @@ OPSET = 17
 #: Faces per ONNX Runtime call: calls of 10 keep the activations in cache on 2 cores and beat
 #: calls of 30 by ~1.5 s per 150 faces (table above); smaller calls gained nothing more.
 FACES_PER_CALL = 10
+
+#: Graphs kept in `<model_dir>/onnx`: the most recently used ones (loading a graph touches it), so
+#: an ensemble of up to this many checkpoints keeps all of its graphs, and graphs of checkpoints
+#: retrained away are deleted when a new one is exported. A loaded session no longer needs its file.
+KEEP_GRAPHS = 8
+#: A temporary file this old is an export that died (an export takes seconds).
+STALE_EXPORT_SECONDS = 3600
 
 # One session per loaded model, graph folder and face size, for as long as the model is loaded.
 _runners: weakref.WeakKeyDictionary[FrameEncoder, dict[tuple[str, int], OnnxFeatureMaps | None]] = (
@@ -136,6 +145,34 @@ class OnnxFeatureMaps:
         return torch.from_numpy(maps[0] if len(maps) == 1 else np.concatenate(maps))
 
 
+def prune_graphs(folder: Path, keep: int = KEEP_GRAPHS) -> list[Path]:
+    """Delete all but the `keep` most recently used graphs in `folder`, and the temporary files of
+    exports that died (older than `STALE_EXPORT_SECONDS`). Returns what was deleted."""
+    graphs: list[tuple[float, Path]] = []
+    stale: list[Path] = []
+    now = time.time()
+    for entry in folder.iterdir():
+        try:
+            mtime = entry.stat().st_mtime
+        except OSError:  # deleted meanwhile by another process
+            continue
+        if entry.suffix == ".onnx":
+            graphs.append((mtime, entry))
+        elif entry.suffix == ".tmp" and now - mtime > STALE_EXPORT_SECONDS:
+            stale.append(entry)
+    graphs.sort(reverse=True)
+    removed = []
+    for entry in [path for _, path in graphs[keep:]] + stale:
+        try:
+            entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    if removed:
+        logger.info("deleted %d ONNX graph file(s) not used lately from %s", len(removed), folder)
+    return removed
+
+
 def onnx_feature_maps(
     encoder: FrameEncoder, model_dir: str | Path, image_size: int
 ) -> OnnxFeatureMaps | None:
@@ -149,13 +186,17 @@ def onnx_feature_maps(
             name = f"{encoder.config.backbone}-{image_size}px-{backbone_digest(encoder)}.onnx"
             path = Path(model_dir) / ONNX_SUBDIR / name
             try:
-                if not path.is_file():
+                if path.is_file():
+                    with contextlib.suppress(OSError):  # a read-only model_dir: it is only read
+                        os.utime(path)  # last used now: pruning keeps it
+                else:
                     logger.info(
                         "exporting the %s backbone for ONNX Runtime to %s (once)",
                         encoder.config.backbone,
                         path,
                     )
                     export_feature_maps(encoder, path, image_size)
+                    prune_graphs(path.parent)
                 sessions[key] = OnnxFeatureMaps(path)
             except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure: torch serves
                 logger.warning(
@@ -170,10 +211,12 @@ def onnx_feature_maps(
 
 __all__ = [
     "FACES_PER_CALL",
+    "KEEP_GRAPHS",
     "CpuBackbone",
     "OnnxFeatureMaps",
     "backbone_digest",
     "export_feature_maps",
     "onnx_feature_maps",
+    "prune_graphs",
     "use_onnx_backbone",
 ]
