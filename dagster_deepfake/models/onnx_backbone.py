@@ -17,9 +17,12 @@ process (`runtime.keep_freed_memory`; without it torch fp32 reads twice as slow)
 So `platform.cpu_backbone: auto` takes ONNX Runtime where the model runs in fp32 on the CPU, in
 calls of `FACES_PER_CALL` faces, and leaves torch bf16 alone where the CPU has it. wav2vec2 stays
 in torch: its ONNX Runtime graph (379 MB) was measured no faster there (30 s of audio on Zen 3:
-ONNX Runtime 4.6-5.4 s first call, torch 3.9-4.8 s). The graph is exported from the loaded model itself (torch's TorchScript exporter)
-into `<model_dir>/onnx/<backbone>-<face size>px-<hash of its weights>.onnx`, once per checkpoint
-and host, written to a temporary name and renamed, so processes that race only export twice.
+ONNX Runtime 4.6-5.4 s first call, torch 3.9-4.8 s).
+
+The graph is exported from the loaded model itself (torch's TorchScript exporter) into
+`<model_dir>/onnx/<backbone>-<face size>px-<hash of its weights>.onnx`, once per checkpoint and
+host, written to a temporary name and renamed, so processes that race only export twice; the
+folder keeps the `KEEP_GRAPHS` graphs used last (`prune_graphs`).
 
 Only the backbone goes through ONNX Runtime: pooling, the temporal encoder, fusion and the head
 stay in torch, and Grad-CAM takes its gradient there from these maps (`explain/gradcam.py`), so
@@ -151,7 +154,11 @@ def prune_graphs(folder: Path, keep: int = KEEP_GRAPHS) -> list[Path]:
     graphs: list[tuple[float, Path]] = []
     stale: list[Path] = []
     now = time.time()
-    for entry in folder.iterdir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
         try:
             mtime = entry.stat().st_mtime
         except OSError:  # deleted meanwhile by another process
