@@ -279,6 +279,9 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "ckpt", model, manifest)
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"model.safetensors", "manifest.json"}
     loaded, loaded_manifest = load_checkpoint(tmp_path / "ckpt")
+    # the backbone keeps its channels_last layout (the file holds contiguous tensors)
+    convs = [p for p in loaded.frame_encoder.backbone.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     inputs = make_inputs(batch=1, frames=6, seconds=1.0)
     assert torch.equal(run(model.eval(), **inputs).video_logits, run(loaded, **inputs).video_logits)
     # The manifest written records its weights file's SHA-256 and size (read back, not re-hashed).

@@ -22,6 +22,10 @@ def backbone_output_dim(backbone: nn.Module) -> int:
     return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
+def _backbone_channels_last(module: FrameEncoder, _incompatible_keys: object) -> None:
+    module.backbone.to(memory_format=torch.channels_last)
+
+
 class FrameEncoder(nn.Module):
     """timm image backbone with its classifier removed.
 
@@ -47,6 +51,9 @@ class FrameEncoder(nn.Module):
             )
         # channels_last is the fast layout for convolutions on CPU (docs/ARCHITECTURE.md §7: 12.7 s → 7.3 s).
         self.backbone.to(memory_format=torch.channels_last)
+        # Loading with `assign=True` (checkpoint.load_checkpoint) puts the file's contiguous tensors
+        # in place of these: lay them out again, so a loaded model computes what the saved one did.
+        self.register_load_state_dict_post_hook(_backbone_channels_last)
         self.frozen = config.freeze_backbone
         if self.frozen:
             self.backbone.requires_grad_(False)
