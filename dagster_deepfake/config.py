@@ -39,6 +39,9 @@ from dagster_deepfake.errors import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "config.yaml"
+#: Where the face backbone runs when the model is fp32 on the CPU (`platform.cpu_backbone`).
+CpuBackbone = Literal["auto", "torch", "onnxruntime"]
+
 CONFIG_ENV = "DAGSTER_DEEPFAKE_CONFIG"
 
 # Platform keys that an environment variable may override (tests, containers).
@@ -514,8 +517,8 @@ class PlatformConfig(_Section):
     s3_region: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The face backbone when the model runs fp32 on the CPU (no native bf16): auto = ONNX Runtime,
-    # faster than torch's fp32 in warm processes, or torch (docs/CONFIG.md, models/onnx_backbone.py).
-    cpu_backbone: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # measured faster than torch's fp32 there, or torch (docs/CONFIG.md, models/onnx_backbone.py).
+    cpu_backbone: CpuBackbone = "auto"
     # Trained checkpoint folder (model.safetensors + manifest.json); null = the newest under
     # model_dir/current, else an untrained model of `model.registry_config` (flagged everywhere).
     checkpoint: str | None = None

@@ -40,17 +40,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from dagster_deepfake.config import CpuBackbone
+
 from .video import FrameEncoder
 
 logger = logging.getLogger(__name__)
 
-CpuBackbone = Literal["auto", "torch", "onnxruntime"]
 ONNX_SUBDIR = "onnx"
 OPSET = 17
 
