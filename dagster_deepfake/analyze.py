@@ -263,10 +263,15 @@ def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
         f"verdict    {pred['overall_class'].upper()}  P(fake) {pred['manipulation_confidence']:.3f} "
         f"[{pred['confidence_interval'][0]:.3f}, {pred['confidence_interval'][1]:.3f}] "
         f"({add['interval_method']}); modalities {', '.join(add['modalities_used'])}; "
-        f"agreement {pred['modality_agreement']}",
+        f"agreement {_agreement(pred['modality_agreement'])}",
         f"model      {doc['metadata']['model_version']}, weights {add['weights']}, "
         f"pretrained {add['pretrained']}",
     ]
+    runtime = (add.get("provenance") or {}).get("runtime")
+    if runtime:
+        lines.append(
+            f"runtime    {runtime['device']}, {runtime['precision']}, face backbone on {runtime['backbone']}"
+        )
     for face in tracks or []:
         span = f"{face['first_timestamp']:.1f}-{face['last_timestamp']:.1f} s, {face['frames']} frames"
         said = (
@@ -287,3 +292,8 @@ def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
         lines.append("timings    " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
         lines.append(f"           total {sum(result.timings.values()):.2f}s")
     return "\n".join(lines)
+
+
+def _agreement(value: float | None) -> str:
+    """Modality agreement as printed: three decimals, or why there is none (a single modality)."""
+    return f"{value:.3f}" if value is not None else "none (one modality)"

@@ -96,10 +96,14 @@ def checkpoint_record(manifest: CheckpointManifest) -> dict[str, Any]:
     }
 
 
-def provenance_record(manifests: list[CheckpointManifest], settings: Settings) -> dict[str, Any]:
-    """`additions.provenance` (report.Provenance): every ensemble member and the verdict's settings."""
+def provenance_record(
+    manifests: list[CheckpointManifest], settings: Settings, runtime: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`additions.provenance` (report.Provenance): every ensemble member, the verdict's settings and
+    what computed it (`runtime`: device, precision, face backbone runtime; report.Runtime)."""
     return {
         "checkpoints": [checkpoint_record(m) for m in manifests],
+        "runtime": runtime,
         "settings_sha256": settings_sha256(settings),
         "settings_sections": list(VERDICT_SECTIONS),
         "settings": verdict_settings(settings),

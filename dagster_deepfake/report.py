@@ -127,10 +127,23 @@ class CheckpointRecord(_Strict):
     created_at: str | None = Field(None, description="when the checkpoint was written (ISO 8601)")
 
 
+class Runtime(_Strict):
+    """What computed the verdict: the same checkpoints give the same P(fake) on each (to |ΔP| ≤ 0.01,
+    tests/test_precision_parity.py), and a reader should still be able to see which one ran."""
+
+    device: str = Field(description="cpu, or the CUDA device")
+    precision: str = Field(description="fp32, bf16 (CPU) or amp (CUDA), as `additions.precision`")
+    backbone: str = Field(
+        description="what ran the face backbone: torch, or onnxruntime (its exported fp32 graph, "
+        "platform.cpu_backbone); members that differ are joined with '+'"
+    )
+
+
 class Provenance(_Strict):
     """What the verdict rests on, recorded by the predictions stage (dagster_deepfake/provenance.py)."""
 
     checkpoints: list[CheckpointRecord]
+    runtime: Runtime | None = Field(None, description="null in documents made before it was recorded")
     settings_sha256: str = Field(description="SHA-256 of `settings` as canonical JSON")
     settings_sections: list[str]
     settings: dict[str, Any] = Field(

@@ -64,6 +64,9 @@ class ScoredVideo:
     frames_analyzed: int
     precision: str
     timings: dict[str, float] = field(default_factory=dict)
+    # What ran each member's face backbone, "torch" or "onnxruntime" (joined with "+" when the
+    # members differ, as `model_version`): `predict_video` falls back to torch per model.
+    backbone_runtime: str = "torch"
     # What the verdict rests on (`provenance.provenance_record`), set by `stages.predictions_stage`.
     provenance: dict[str, Any] | None = None
     member_predictions: list[VideoPrediction] = field(default_factory=list, repr=False)
@@ -181,5 +184,6 @@ def score_video(
         frames_analyzed=first.num_faces,
         precision=first.precision,
         timings=timings,
+        backbone_runtime="+".join(dict.fromkeys(p.backbone_runtime for p in predictions)),
         member_predictions=predictions,
     )

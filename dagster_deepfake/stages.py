@@ -292,7 +292,8 @@ def predictions_stage(
         cpu_backbone=settings.platform.cpu_backbone,
         model_dir=settings.platform.model_dir,
     )
-    scored.provenance = provenance_record([m for _, m in members], settings)
+    runtime = {"device": device, "precision": scored.precision, "backbone": scored.backbone_runtime}
+    scored.provenance = provenance_record([m for _, m in members], settings, runtime)
     return scored
 
 

@@ -394,6 +394,7 @@ def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_a
     tiny: Settings, db: ResultsDB, tmp_path: Path
 ) -> None:
     from dagster_deepfake.analyze import analyze_file
+    from dagster_deepfake.models.onnx_backbone import use_onnx_backbone
     from dagster_deepfake.provenance import settings_sha256
 
     models = Path(tiny.platform.model_dir)
@@ -416,6 +417,13 @@ def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_a
     assert provenance["settings_sha256"] == settings_sha256(tiny) == _canonical_sha(provenance["settings"])
     assert provenance["settings_sections"] == ["model", "data", "inference", "explain"]
     assert "platform" not in provenance["settings"]
+    # What computed it: this machine's precision, and the backbone runtime that follows from it.
+    runtime = provenance["runtime"]
+    assert runtime["device"] == "cpu" and runtime["precision"] == document["additions"]["precision"]
+    onnx = use_onnx_backbone(
+        tiny.platform.cpu_backbone, "cpu", reduced_precision=runtime["precision"] != "fp32"
+    )
+    assert runtime["backbone"] == ("onnxruntime" if onnx else "torch")
     stricter = tiny.model_copy(deep=True)
     stricter.model.classification.threshold = 0.7
     assert settings_sha256(stricter) != provenance["settings_sha256"]
@@ -439,6 +447,7 @@ def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_a
             and "recorded in its manifest when the checkpoint was saved" in page
         )
     assert f'id="settings-sha256">{provenance["settings_sha256"]}<' in page
+    assert f'id="runtime">cpu, {runtime["precision"]},' in page
     first_page = page.split('class="page"', 1)[0]
     # The banner comes from the recorded training data of every member, not the first one's alone.
     assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 111111111111))" in first_page
@@ -449,6 +458,7 @@ def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_a
     old = render_case(tiny, db, store, job_id)
     assert "<strong>at report time</strong>" in old and "tiny-trained-0: <strong>not found</strong>" in old
     assert "settings-sha256" not in old and provenance["checkpoints"][0]["weights_sha256"] not in old
+    assert 'id="runtime"' not in old
 
 
 def test_a_checkpoint_saved_before_hashes_were_recorded_is_hashed_when_loaded(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from dagster_deepfake import stages
 from dagster_deepfake.models import build_detector, get_model_config, inference
 from dagster_deepfake.models.inference import BF16_MAX_P_FAKE_SHIFT, default_bf16, predict_video
 from dagster_deepfake.models.onnx_backbone import FACES_PER_CALL, ONNX_SUBDIR, use_onnx_backbone
+from dagster_deepfake.report import Provenance
 
 SAMPLE_RATE = 16000
 
@@ -219,8 +220,12 @@ def test_the_predictions_stage_takes_the_backbone_runtime_from_the_settings(tiny
         monkeypatch.setenv("DAGSTER_DEEPFAKE_CPU_BACKBONE", setting)
         settings = load_settings()
         assert settings.platform.cpu_backbone == setting
-        stages.predictions_stage(members, crops, flow, timestamps, no_audio, settings, "cpu")
+        scored = stages.predictions_stage(members, crops, flow, timestamps, no_audio, settings, "cpu")
         assert (tmp_path / ONNX_SUBDIR).is_dir() == made_graph
+        # The document says what ran the backbone (additions.provenance.runtime, report.Runtime).
+        runtime = Provenance.model_validate(scored.provenance).runtime
+        assert runtime is not None
+        assert (runtime.device, runtime.precision, runtime.backbone) == ("cpu", "fp32", setting)
 
 
 def test_a_backbone_onnx_cannot_take_is_served_by_torch_with_one_warning(tmp_path, monkeypatch, caplog):

@@ -86,6 +86,7 @@ class Custody:
     missing: list[str] = field(default_factory=list)  # member versions not found (lookup only)
     settings_sha256: str | None = None
     settings_sections: list[str] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, precision, backbone (report.Runtime)
 
 
 def custody_of(settings: Settings, document: dict[str, Any] | None) -> Custody:
@@ -98,6 +99,7 @@ def custody_of(settings: Settings, document: dict[str, Any] | None) -> Custody:
             checkpoints=[CheckpointFacts.from_record(r) for r in recorded.get("checkpoints") or []],
             settings_sha256=recorded.get("settings_sha256"),
             settings_sections=list(recorded.get("settings_sections") or []),
+            runtime=_mapping(recorded.get("runtime")),
         )
     custody = Custody(recorded=False)
     version = ((document or {}).get("metadata") or {}).get("model_version")
