@@ -182,7 +182,12 @@ def calibration(
     # The published checkpoint, even when training ran on another host (models/sync.py) …
     current = synced_current_dir(s.platform.model_dir, store)
     fit = calibrate_checkpoint(
-        current, val_ids, StoreFeatureSource(store, labels), device=torch_device.torch_device()
+        current,
+        val_ids,
+        StoreFeatureSource(store, labels),
+        device=torch_device.torch_device(),
+        cpu_backbone=s.platform.cpu_backbone,  # the logits serving computes (score_videos)
+        model_dir=s.platform.model_dir,
     )
     # … and republished with its temperature, so that every host serves it calibrated.
     publish_checkpoint(current.resolve(), s.platform.model_dir, store)
@@ -230,6 +235,8 @@ def evaluation(
         device=torch_device.torch_device(),
         data_cfg=s.data,
         targets=s.targets,
+        cpu_backbone=s.platform.cpu_backbone,
+        model_dir=s.platform.model_dir,
     )
     reports = store_evaluation(results, hashes, store, postgres.db())
     head = results[0]  # the first test set by name; every set is in the table and the report

@@ -101,6 +101,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             targets=settings.targets,
             n_resamples=args.bootstrap,
             seed=args.seed,
+            cpu_backbone=settings.platform.cpu_backbone,
+            model_dir=settings.platform.model_dir,
         )
     reports = store_evaluation(results, hashes, store, db)
     report = render_report(results)

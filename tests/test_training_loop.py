@@ -20,6 +20,7 @@ from dagster_deepfake.models.checkpoint import (
     save_checkpoint,
 )
 from dagster_deepfake.models.inference import predict_video
+from dagster_deepfake.models.onnx_backbone import ONNX_SUBDIR
 from dagster_deepfake.models.registry import get_model_config
 from dagster_deepfake.synthetic import generate_dataset
 from dagster_deepfake.training.calibrate import (
@@ -319,6 +320,23 @@ def test_evaluation_metrics_match_sklearn_and_serving(dataset, trained) -> None:
         served = predict_video(model, f.crops, f.flow, f.waveform, f.speech_mask, bf16=False)
         row = pred.set_index("video_id").loc[video_id]
         assert row["p_fake_uncalibrated"] == pytest.approx(served.p_fake_raw, abs=1e-4)
+
+
+def test_evaluation_through_onnx_runtime_scores_what_torch_does(dataset, trained, tmp_path: Path) -> None:
+    # platform.cpu_backbone for evaluation and calibration, as for serving (score_videos).
+    result, _ = trained
+    ids, source = dataset["ids"], dataset["source"]
+    in_torch = evaluate_checkpoint(result.best_checkpoint, ids, source, plots=False)
+    exported = evaluate_checkpoint(
+        result.best_checkpoint, ids, source, plots=False, cpu_backbone="onnxruntime", model_dir=tmp_path
+    )
+    assert list((tmp_path / ONNX_SUBDIR).glob("*.onnx")), "the backbone's graph is exported once"
+    torch_p = in_torch.predictions["p_fake_uncalibrated"].to_numpy()
+    onnx_p = exported.predictions["p_fake_uncalibrated"].to_numpy()
+    assert np.abs(onnx_p - torch_p).max() <= 1e-4
+    assert list(exported.predictions["video_id"]) == ids
+    assert in_torch.protocol.runtime == "fp32, face backbone in torch"
+    assert exported.protocol.runtime == "fp32, face backbone in ONNX Runtime (exported graph)"
 
 
 def test_config_mismatch_refuses_to_resume(dataset, trained) -> None:

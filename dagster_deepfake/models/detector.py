@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,18 +71,27 @@ class DeepfakeDetector(nn.Module):
 
     # -- stages ---------------------------------------------------------------------------
     def encode_faces(
-        self, faces: torch.Tensor, frame_mask: torch.Tensor | None = None, chunk_size: int | None = None
+        self,
+        faces: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        feature_maps: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """(B, N, 3, H, W) → (B, N, feature_dim); masked frames are not run and stay 0."""
+        """(B, N, 3, H, W) → (B, N, feature_dim); masked frames are not run and stay 0.
+
+        `feature_maps`: what computes the backbone's maps in place of `frame_encoder.feature_maps`
+        (ONNX Runtime's session, models/onnx_backbone.py); the pooling stays the encoder's."""
         batch, count = faces.shape[:2]
         if frame_mask is None:
             frame_mask = torch.ones(batch, count, dtype=torch.bool, device=faces.device)
         selected = faces[frame_mask]  # (M, 3, H, W)
+        encoder = self.frame_encoder
+        run = encoder if feature_maps is None else lambda chunk: encoder.pool(feature_maps(chunk))
         if chunk_size:
-            parts = [self.frame_encoder(chunk) for chunk in selected.split(chunk_size)]
+            parts = [run(chunk) for chunk in selected.split(chunk_size)]
             encoded = torch.cat(parts) if parts else selected.new_zeros(0, self.config.video.feature_dim)
         else:
-            encoded = self.frame_encoder(selected)
+            encoded = run(selected)
         features = encoded.new_zeros(batch, count, encoded.shape[-1])
         features[frame_mask] = encoded
         return features

@@ -10,7 +10,7 @@ prediction (`predict_video(temperature=manifest.temperature)`) then uses.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
+from dagster_deepfake.config import CpuBackbone
 from dagster_deepfake.models.checkpoint import (
     MANIFEST_FILE,
     CheckpointManifest,
@@ -27,6 +28,7 @@ from dagster_deepfake.models.checkpoint import (
 )
 from dagster_deepfake.models.detector import DeepfakeDetector, DetectorOutput
 from dagster_deepfake.models.inference import autocast_context
+from dagster_deepfake.models.onnx_backbone import onnx_feature_maps, use_onnx_backbone
 from dagster_deepfake.training.calibration import apply_temperature, fit_temperature
 from dagster_deepfake.training.data import ClipBatch, ClipCollator, ClipDataset
 from dagster_deepfake.training.features import FeatureSource
@@ -48,15 +50,25 @@ class ScoredVideos:
     # Per video, (kept faces, 2) uncalibrated logits: each face carries the logits of the 1-s
     # window it belongs to, the model's finest score (the frame-level unit of the evaluation).
     face_logits: list[np.ndarray] = field(default_factory=list)
+    backbone_runtime: str = "torch"  # "torch" | "onnxruntime" (score_videos' cpu_backbone)
+    precision: str = "fp32"  # "fp32" | "bf16" | "amp", as `VideoPrediction.precision`
 
     @property
     def p_fake_raw(self) -> np.ndarray:
         return apply_temperature(self.logits, 1.0)
 
 
-def forward_batch(model: DeepfakeDetector, batch: ClipBatch, face_chunk: int | None = None) -> DetectorOutput:
-    """`model(...)` on a `ClipBatch`; with `face_chunk`, the backbone runs on chunks of faces."""
-    frame_features = model.encode_faces(batch.faces, batch.frame_mask, chunk_size=face_chunk)
+def forward_batch(
+    model: DeepfakeDetector,
+    batch: ClipBatch,
+    face_chunk: int | None = None,
+    feature_maps: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> DetectorOutput:
+    """`model(...)` on a `ClipBatch`; with `face_chunk`, the backbone runs on chunks of faces;
+    `feature_maps`: ONNX Runtime's backbone session in place of torch's (`DeepfakeDetector.encode_faces`)."""
+    frame_features = model.encode_faces(
+        batch.faces, batch.frame_mask, chunk_size=face_chunk, feature_maps=feature_maps
+    )
     audio, audio_valid = model.encode_audio(batch.waveform, batch.speech_mask)
     return model.forward_features(frame_features, batch.flow, batch.frame_mask, audio, audio_valid)
 
@@ -68,11 +80,32 @@ def score_videos(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     bf16: bool = False,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | Path | None = None,
 ) -> ScoredVideos:
-    """Run `model` in eval mode over an evaluation `ClipDataset` (whole videos)."""
+    """Run `model` in eval mode over an evaluation `ClipDataset` (whole videos).
+
+    `cpu_backbone`, `model_dir`: as for serving (`predict_video`): where `use_onnx_backbone` says so
+    (fp32 on the CPU), the face backbone runs in ONNX Runtime, its graph exported once per weights
+    under `model_dir`, so an evaluation scores what serving computes, as fast. Training's own
+    validation keeps torch (its weights change every epoch: an export per epoch would not pay).
+    """
     if dataset.train:
         raise ValueError("score_videos needs an evaluation dataset (train=False)")
     device = torch.device(device)
+    maps = None
+    runtimes: set[str] = set()
+    if use_onnx_backbone(cpu_backbone, device, bf16):
+        if model_dir is None:
+            raise ValueError(f"cpu_backbone {cpu_backbone!r} needs a model_dir for the exported graph")
+
+        def maps(faces: torch.Tensor) -> torch.Tensor:
+            # One session per face size (the graph's input is fixed); None: ONNX cannot take this
+            # backbone, torch serves (onnx_feature_maps warns once).
+            runner = onnx_feature_maps(model.frame_encoder, model_dir, int(faces.shape[-1]))
+            runtimes.add("torch" if runner is None else "onnxruntime")
+            return model.frame_encoder.feature_maps(faces) if runner is None else runner(faces)
+
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=ClipCollator.for_model(model)
     )
@@ -85,7 +118,7 @@ def score_videos(
             for batch in loader:
                 batch = batch.to(device)
                 with autocast_context(device, bf16):
-                    output = forward_batch(model, batch, FACE_CHUNK)
+                    output = forward_batch(model, batch, FACE_CHUNK, maps)
                 logits.append(output.video_logits.float().cpu())
                 window_logits = output.window_logits.float().cpu()
                 for b, mask in enumerate(batch.frame_mask.cpu()):
@@ -106,6 +139,8 @@ def score_videos(
         methods=methods,
         audio_used=torch.cat(used).numpy(),
         face_logits=faces,
+        backbone_runtime="+".join(sorted(runtimes)) or "torch",
+        precision="fp32" if not bf16 else ("amp" if device.type == "cuda" else "bf16"),
     )
 
 
@@ -125,9 +160,18 @@ def collect_logits(
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(logits (n, 2) [real, fake] uncalibrated, labels (n,), methods) for the videos `ids`."""
-    scored = score_videos(model, evaluation_dataset(model, ids, source), device=device, batch_size=batch_size)
+    scored = score_videos(
+        model,
+        evaluation_dataset(model, ids, source),
+        device=device,
+        batch_size=batch_size,
+        cpu_backbone=cpu_backbone,
+        model_dir=model_dir,
+    )
     return scored.logits, scored.labels, scored.methods
 
 
@@ -165,15 +209,26 @@ def calibrate_checkpoint(
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | Path | None = None,
 ) -> CalibrationResult:
     """Fit the temperature on `val_ids` and write it into the checkpoint's manifest.
 
     Always fitted on the raw logits (T = 1), so calibrating twice gives the same T. The
     manifest's metrics gain `val_nll`/`val_ece` before and after calibration.
+    `cpu_backbone`, `model_dir`: where the face backbone runs (`score_videos`).
     """
     checkpoint_dir = Path(checkpoint_dir)
     model, manifest = load_checkpoint(checkpoint_dir, map_location=device)
-    logits, labels, _ = collect_logits(model, val_ids, source, device=device, batch_size=batch_size)
+    logits, labels, _ = collect_logits(
+        model,
+        val_ids,
+        source,
+        device=device,
+        batch_size=batch_size,
+        cpu_backbone=cpu_backbone,
+        model_dir=model_dir,
+    )
     if len(labels) == 0:
         raise ValueError("calibration needs at least one validation video")
     fit = fit_temperature(logits, labels)

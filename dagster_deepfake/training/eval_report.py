@@ -149,6 +149,7 @@ def protocol_header(results: Sequence[EvaluationResult]) -> list[str]:
         f"- **Aggregation**: {p.aggregation}",
         f"- **Calibration**: {p.calibration}; decision: fake iff P(fake) > {p.threshold:g}",
         f"- **Intervals**: {p.bootstrap} (frame AUC: a drawn video brings all its frames)",
+        f"- **Runtime**: {p.runtime}",
     ]
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel
 
-from dagster_deepfake.config import DataConfig, TargetsConfig
+from dagster_deepfake.config import CpuBackbone, DataConfig, TargetsConfig
 from dagster_deepfake.models.checkpoint import CheckpointManifest, load_checkpoint
 from dagster_deepfake.models.detector import DeepfakeDetector
 from dagster_deepfake.training.calibrate import ScoredVideos, evaluation_dataset, score_videos
@@ -64,6 +64,8 @@ class Protocol(BaseModel):
     calibration: str
     threshold: float
     bootstrap: str
+    # What computed the logits: the precision, the face backbone in torch or ONNX Runtime (score_videos).
+    runtime: str = "fp32, face backbone in torch"
 
 
 @dataclass
@@ -154,6 +156,10 @@ def _protocol(
         calibration=f'temperature T = {temperature:.3f} fitted on validation; "raw" ECE is at T = 1 (no scaling)',
         threshold=threshold,
         bootstrap=f"{n_resamples} stratified resamples of videos, percentile 95 %, seed {seed}",
+        runtime=f"{scored.precision}, face backbone in "
+        + {"onnxruntime": "ONNX Runtime (exported graph)"}.get(
+            scored.backbone_runtime, scored.backbone_runtime
+        ),
     )
 
 
@@ -305,13 +311,25 @@ def evaluate_model(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     plots: bool = True,
+    cpu_backbone: CpuBackbone = "torch",
+    model_dir: str | Path | None = None,
 ) -> list[EvaluationResult]:
-    """Score each named test set (whole videos, eval mode) and compute its metrics."""
+    """Score each named test set (whole videos, eval mode) and compute its metrics.
+
+    `cpu_backbone`, `model_dir`: where the face backbone runs (`score_videos`; the callers pass
+    `platform.cpu_backbone` and `platform.model_dir`, as serving does)."""
     data_cfg = data_cfg or DataConfig()
     results = []
     for name, ids in test_sets.items():
         dataset = evaluation_dataset(model, ids, source, frame_rate=data_cfg.frame_rate)
-        scored = score_videos(model, dataset, device=device, batch_size=batch_size)
+        scored = score_videos(
+            model,
+            dataset,
+            device=device,
+            batch_size=batch_size,
+            cpu_backbone=cpu_backbone,
+            model_dir=model_dir,
+        )
         results.append(
             evaluate_scores(
                 scored,
