@@ -33,7 +33,9 @@ from dagster_deepfake.report import (
     AudioAnomaly,
     Metadata,
     Prediction,
+    Provenance,
     ResultDocument,
+    Runtime,
     WindowScore,
 )
 from dagster_deepfake.storage.artifacts import ArtifactStore
@@ -378,6 +380,13 @@ def test_view_page_of_a_completed_job(client: TestClient, settings: Settings, db
     job_id = "v_00000000000000cc"
     store = ArtifactStore(settings.platform.artifact_root)
     document = _document(job_id, n_frames=6)
+    document.additions.provenance = Provenance(
+        checkpoints=[],
+        runtime=Runtime(device="cpu", precision="fp32", backbone="onnxruntime"),
+        settings_sha256="0" * 64,
+        settings_sections=[],
+        settings={},
+    )
     for frame in document.prediction.anomalous_frames:
         store.write_bytes(
             f"videos/{job_id}/saliency/frame_{frame.frame_id:06d}_face.png", _png_bytes(frame.frame_id)
@@ -391,6 +400,7 @@ def test_view_page_of_a_completed_job(client: TestClient, settings: Settings, db
     assert "FAKE" in html and "87.3 %" in html and "0.873" in html and "0.810" in html and "0.921" in html
     assert "UNTRAINED MODEL" in html and "audio_encoder" in html  # both warnings: weights and random init
     assert "contract-untrained-abc123" in html
+    assert "cpu, fp32, face backbone on ONNX Runtime" in html  # what computed it (provenance.runtime)
     # Top 5 of the 6 frames by confidence, inlined so the page is self-contained and works behind auth.
     assert html.count('<img src="data:image/png;base64,') == settings.explain.top_k_frames == 5
     assert "frame 0 ·" not in html and "frame 50 ·" in html

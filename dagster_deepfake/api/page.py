@@ -127,7 +127,9 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
 {% if adds %}<tr><td>weights</td><td>{{ adds.weights }}{% if adds.trained_on %} (trained on {{ adds.trained_on }}){% endif %}</td></tr>
 <tr><td>pretrained encoders</td><td>{% for k, v in adds.pretrained.items() %}{{ k }}: {{ "yes" if v else "no (random init)" }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
 <tr><td>modalities used</td><td>{{ adds.modalities_used | join(", ") or "none" }}</td></tr>
-<tr><td>temperature</td><td>{{ fmt(adds.temperature) }}</td></tr>{% endif %}
+<tr><td>temperature</td><td>{{ fmt(adds.temperature) }}</td></tr>
+{% set runtime = adds.provenance.runtime if adds.provenance else none %}
+{% if runtime %}<tr><td>computed with</td><td>{{ runtime.device }}, {{ runtime.precision }}, face backbone on {{ "ONNX Runtime" if runtime.backbone == "onnxruntime" else runtime.backbone }}</td></tr>{% endif %}{% endif %}
 </table>
 {% if adds and adds.warnings %}<h2>Warnings</h2><ul>{% for w in adds.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
 </div>
