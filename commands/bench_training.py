@@ -115,6 +115,7 @@ def measure(
     """Median seconds per `train_step` (after one warm-up step), peak memory and the floating-point
     work of a step (`step_flops`: what a GPU estimate can be computed from), in this process."""
     from dagster_deepfake.config import TrainingConfig
+    from dagster_deepfake.models.inference import precision_name
     from dagster_deepfake.training.loop import grad_scaler, train_step
 
     model, optimizer, scheduler, trainable = contract_training_setup(device=device)
@@ -158,7 +159,7 @@ def measure(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loss": losses[-1],
         "device": device,
-        "precision": ("amp" if cuda else "bf16") if bf16 else "fp32",
+        "precision": precision_name(device, bf16),
     }
     if cuda:
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -65,6 +65,13 @@ def default_bf16(device: str | torch.device) -> bool:
     return torch.device(device).type == "cuda" or cpu_supports_bf16()
 
 
+def precision_name(device: str | torch.device, reduced: bool) -> str:
+    """What `autocast_context(device, reduced)` computes in: "fp32", "bf16" (CPU) or "amp" (CUDA)."""
+    if not reduced:
+        return "fp32"
+    return "amp" if torch.device(device).type == "cuda" else "bf16"
+
+
 @contextlib.contextmanager
 def autocast_context(device: str | torch.device, enabled: bool) -> Iterator[None]:
     """`torch.autocast` for the device (bf16 on CPU, bf16/fp16 AMP on CUDA), or nothing."""
@@ -181,7 +188,7 @@ def predict_video(
         raise ValueError(f"flow has {len(flow)} rows for {count} face crops")
     device = torch.device(device)
     use_reduced = default_bf16(device) if bf16 is None else bf16
-    precision = "fp32" if not use_reduced else ("amp" if device.type == "cuda" else "bf16")
+    precision = precision_name(device, use_reduced)
     model = model.to(device).eval()
     onnx_maps = None
     if use_onnx_backbone(cpu_backbone, device, use_reduced):

@@ -27,7 +27,7 @@ from dagster_deepfake.models.checkpoint import (
     read_manifest,
 )
 from dagster_deepfake.models.detector import DeepfakeDetector, DetectorOutput
-from dagster_deepfake.models.inference import autocast_context
+from dagster_deepfake.models.inference import autocast_context, precision_name
 from dagster_deepfake.models.onnx_backbone import onnx_feature_maps, use_onnx_backbone
 from dagster_deepfake.training.calibration import apply_temperature, fit_temperature
 from dagster_deepfake.training.data import ClipBatch, ClipCollator, ClipDataset
@@ -140,7 +140,7 @@ def score_videos(
         audio_used=torch.cat(used).numpy(),
         face_logits=faces,
         backbone_runtime="+".join(sorted(runtimes)) or "torch",
-        precision="fp32" if not bf16 else ("amp" if device.type == "cuda" else "bf16"),
+        precision=precision_name(device, bf16),
     )
 
 
