@@ -239,6 +239,8 @@ def _write_heat_maps(heat_maps: dict[str, bytes], folder: Path) -> Path | None:
 
 def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
     """What a person reads in the terminal: probe, verdict, evidence, warnings."""
+    from dagster_deepfake.report import runtime_label
+
     doc = result.document
     p, pred, add = result.probe, doc["prediction"], doc["additions"]
     skipped = add["skipped_frames"]
@@ -269,9 +271,7 @@ def render_text(result: AnalysisResult, *, timings: bool = False) -> str:
     ]
     runtime = (add.get("provenance") or {}).get("runtime")
     if runtime:
-        lines.append(
-            f"runtime    {runtime['device']}, {runtime['precision']}, face backbone on {runtime['backbone']}"
-        )
+        lines.append(f"runtime    {runtime_label(runtime)}")
     for face in tracks or []:
         span = f"{face['first_timestamp']:.1f}-{face['last_timestamp']:.1f} s, {face['frames']} frames"
         said = (

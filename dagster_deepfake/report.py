@@ -139,6 +139,19 @@ class Runtime(_Strict):
     )
 
 
+#: How a reader is told what ran the face backbone (`Runtime.backbone` holds the short names).
+BACKBONE_RUNTIME_NAMES = {"torch": "torch", "onnxruntime": "ONNX Runtime (exported fp32 graph)"}
+
+
+def runtime_label(runtime: Runtime | dict[str, Any]) -> str:
+    """ "cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph)": the one wording of what
+    computed a verdict, for `analyze`, the job page, the case report and the evaluation report."""
+    facts = runtime.model_dump() if isinstance(runtime, Runtime) else runtime
+    parts = str(facts.get("backbone") or "torch").split("+")
+    backbone = " + ".join(BACKBONE_RUNTIME_NAMES.get(part, part) for part in parts)
+    return f"{facts.get('device')}, {facts.get('precision')}, face backbone on {backbone}"
+
+
 class Provenance(_Strict):
     """What the verdict rests on, recorded by the predictions stage (dagster_deepfake/provenance.py)."""
 

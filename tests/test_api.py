@@ -400,7 +400,9 @@ def test_view_page_of_a_completed_job(client: TestClient, settings: Settings, db
     assert "FAKE" in html and "87.3 %" in html and "0.873" in html and "0.810" in html and "0.921" in html
     assert "UNTRAINED MODEL" in html and "audio_encoder" in html  # both warnings: weights and random init
     assert "contract-untrained-abc123" in html
-    assert "cpu, fp32, face backbone on ONNX Runtime" in html  # what computed it (provenance.runtime)
+    assert (
+        "cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph)" in html
+    )  # what computed it (provenance.runtime)
     # Top 5 of the 6 frames by confidence, inlined so the page is self-contained and works behind auth.
     assert html.count('<img src="data:image/png;base64,') == settings.explain.top_k_frames == 5
     assert "frame 0 ·" not in html and "frame 50 ·" in html

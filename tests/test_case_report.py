@@ -447,7 +447,8 @@ def test_provenance_is_recorded_at_analysis_and_reported_after_the_checkpoints_a
             and "recorded in its manifest when the checkpoint was saved" in page
         )
     assert f'id="settings-sha256">{provenance["settings_sha256"]}<' in page
-    assert f'id="runtime">cpu, {runtime["precision"]},' in page
+    backbone = {"torch": "torch", "onnxruntime": "ONNX Runtime (exported fp32 graph)"}[runtime["backbone"]]
+    assert f'id="runtime">cpu, {runtime["precision"]}, face backbone on {backbone}<' in page
     first_page = page.split('class="page"', 1)[0]
     # The banner comes from the recorded training data of every member, not the first one's alone.
     assert "TRAINED ON SYNTHETIC DATA (synthetic-demo (data 111111111111))" in first_page

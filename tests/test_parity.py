@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_deepfake.analyze import analyze_file
+from dagster_deepfake.analyze import analyze_file, render_text
 from dagster_deepfake.config import ModelConfig
 from dagster_deepfake.synthetic import generate_clip
 from tests.test_pipeline_e2e import _run as run_per_video_assets
@@ -48,7 +48,8 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
     settings.inference.ensemble_size = 2
     clip = generate_clip(tmp_path / "talk.mp4", seed=11, duration=3.0, width=320, height=240, audio="speech")
 
-    in_process = analyze_file(clip.path, settings, device="cpu", out_dir=tmp_path / "heat").document
+    analysis = analyze_file(clip.path, settings, device="cpu", out_dir=tmp_path / "heat")
+    in_process = analysis.document
     video_id, result = run_per_video_assets(settings, db, clip.path)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     through_dagster = db.get_job(video_id)["result"]
@@ -71,6 +72,12 @@ def test_analyze_and_dagster_documents_agree(settings, db, tmp_path, monkeypatch
         a["additions.provenance.checkpoints[#]"] == 1 and len(a["additions.provenance.settings_sha256"]) == 64
     )
     assert a["additions.provenance.checkpoints[0].weights_sha256_from"] == "manifest"
+    # fp32 on the CPU: the backbone ran in ONNX Runtime (cpu_backbone auto), and the terminal says so
+    # in the words the job page and the case report use (report.runtime_label).
+    assert a["additions.provenance.runtime.backbone"] == "onnxruntime"
+    assert "runtime    cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph)\n" in render_text(
+        analysis
+    )
     # What the comparison rests on is there: speech was heard, windows and heat maps exist.
     assert in_process["additions"]["modalities_used"] == ["video", "audio"]
     assert in_process["prediction"]["modality_agreement"] is not None

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from dagster_deepfake.config import REPO_ROOT
-from dagster_deepfake.report import ResultDocument, json_schema
+from dagster_deepfake.report import ResultDocument, Runtime, json_schema, runtime_label
 
 CONTRACT_EXAMPLE = {
     "job_id": "v_0123456789abcdef",
@@ -59,3 +59,16 @@ def test_exported_schema_is_current():
     assert json.loads(on_disk) == json.loads(json_schema()), (
         "run: python -c 'from dagster_deepfake.report import json_schema; print(json_schema())' > docs/result.schema.json"
     )
+
+
+def test_runtime_label_names_each_backbone_runtime_for_a_reader():
+    onnx = Runtime(device="cpu", precision="fp32", backbone="onnxruntime")
+    assert runtime_label(onnx) == "cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph)"
+    # The document's JSON (a dict) reads the same as the model.
+    assert runtime_label(onnx.model_dump()) == runtime_label(onnx)
+    assert runtime_label({"device": "cuda", "precision": "amp", "backbone": "torch"}) == (
+        "cuda, amp, face backbone on torch"
+    )
+    # An evaluation whose members ran on both (an ensemble where one backbone would not export).
+    mixed = {"device": "cpu", "precision": "fp32", "backbone": "onnxruntime+torch"}
+    assert runtime_label(mixed) == "cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph) + torch"

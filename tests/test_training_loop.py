@@ -335,8 +335,8 @@ def test_evaluation_through_onnx_runtime_scores_what_torch_does(dataset, trained
     onnx_p = exported.predictions["p_fake_uncalibrated"].to_numpy()
     assert np.abs(onnx_p - torch_p).max() <= 1e-4
     assert list(exported.predictions["video_id"]) == ids
-    assert in_torch.protocol.runtime == "fp32, face backbone in torch"
-    assert exported.protocol.runtime == "fp32, face backbone in ONNX Runtime (exported graph)"
+    assert in_torch.protocol.runtime == "cpu, fp32, face backbone on torch"
+    assert exported.protocol.runtime == "cpu, fp32, face backbone on ONNX Runtime (exported fp32 graph)"
 
 
 def test_config_mismatch_refuses_to_resume(dataset, trained) -> None:

@@ -21,7 +21,7 @@ from dagster_deepfake.api.jobs import (
     _result_document,
 )
 from dagster_deepfake.models.serving import serving_model_version
-from dagster_deepfake.report import AnomalousFrame, ResultDocument, synthetic_training
+from dagster_deepfake.report import AnomalousFrame, ResultDocument, runtime_label, synthetic_training
 from dagster_deepfake.storage import layout
 
 # -- view page --------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
 <tr><td>modalities used</td><td>{{ adds.modalities_used | join(", ") or "none" }}</td></tr>
 <tr><td>temperature</td><td>{{ fmt(adds.temperature) }}</td></tr>
 {% set runtime = adds.provenance.runtime if adds.provenance else none %}
-{% if runtime %}<tr><td>computed with</td><td>{{ runtime.device }}, {{ runtime.precision }}, face backbone on {{ "ONNX Runtime" if runtime.backbone == "onnxruntime" else runtime.backbone }}</td></tr>{% endif %}{% endif %}
+{% if runtime %}<tr><td>computed with</td><td>{{ runtime | runtime_label }}</td></tr>{% endif %}{% endif %}
 </table>
 {% if adds and adds.warnings %}<h2>Warnings</h2><ul>{% for w in adds.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
 </div>
@@ -139,6 +139,7 @@ This page reloads every {{ refresh }} s.</p>{% endif %}
 """
 
 _jinja = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_jinja.filters["runtime_label"] = runtime_label
 _view_template = _jinja.from_string(_VIEW_TEMPLATE)
 
 

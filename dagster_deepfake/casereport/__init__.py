@@ -29,7 +29,7 @@ from dagster_deepfake.config import Settings
 from dagster_deepfake.errors import DeepfakeError
 from dagster_deepfake.media.images import decode_image, thumbnail
 from dagster_deepfake.provenance import canonical_bytes
-from dagster_deepfake.report import ResultDocument
+from dagster_deepfake.report import ResultDocument, runtime_label
 from dagster_deepfake.storage import layout
 from dagster_deepfake.storage.artifacts import ArtifactStore
 from dagster_deepfake.storage.keys import is_partition_key
@@ -268,5 +268,6 @@ def _template():
         import jinja2
 
         env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        env.filters["runtime_label"] = runtime_label
         _compiled = env.from_string(TEMPLATE)
     return _compiled

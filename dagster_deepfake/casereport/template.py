@@ -79,8 +79,7 @@ TEMPLATE = """<!doctype html>
 <tr><td class="k">config hash</td><td>{% if custody.settings_sha256 %}<code class="hash" id="settings-sha256">{{ custody.settings_sha256 }}</code>
  <span class="muted">(SHA-256 of the settings {{ custody.settings_sections | join(", ") }} as canonical JSON; the values are in the embedded document)</span>
  {%- else %}not recorded <span class="muted">(only the architecture hash below is known)</span>{% endif %}</td></tr>{% endif %}
-{% if custody.runtime %}<tr><td class="k">computed with</td><td id="runtime">{{ custody.runtime.device }}, {{ custody.runtime.precision }},
- face backbone on {{ "ONNX Runtime (exported fp32 graph)" if custody.runtime.backbone == "onnxruntime" else custody.runtime.backbone }}</td></tr>{% endif %}
+{% if custody.runtime %}<tr><td class="k">computed with</td><td id="runtime">{{ custody.runtime | runtime_label }}</td></tr>{% endif %}
 {% for c in custody.checkpoints %}
 <tr><td class="k">checkpoint{% if custody.checkpoints | length > 1 %} {{ loop.index }}{% endif %}</td><td><code>{{ c.model_version }}</code>{% if c.path %} at <code>{{ c.path }}</code>{% endif %}</td></tr>
 <tr><td class="k">checkpoint SHA-256</td><td class="hash checkpoint-sha256">{{ c.weights_sha256 or ("not recorded" if custody.recorded else "weights file missing") }}

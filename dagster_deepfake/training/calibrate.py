@@ -52,6 +52,7 @@ class ScoredVideos:
     face_logits: list[np.ndarray] = field(default_factory=list)
     backbone_runtime: str = "torch"  # "torch" | "onnxruntime" (score_videos' cpu_backbone)
     precision: str = "fp32"  # "fp32" | "bf16" | "amp", as `VideoPrediction.precision`
+    device: str = "cpu"  # the torch device type the model ran on
 
     @property
     def p_fake_raw(self) -> np.ndarray:
@@ -141,6 +142,7 @@ def score_videos(
         face_logits=faces,
         backbone_runtime="+".join(sorted(runtimes)) or "torch",
         precision=precision_name(device, bf16),
+        device=device.type,
     )
 
 

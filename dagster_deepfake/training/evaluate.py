@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from dagster_deepfake.config import CpuBackbone, DataConfig, TargetsConfig
 from dagster_deepfake.models.checkpoint import CheckpointManifest, load_checkpoint
 from dagster_deepfake.models.detector import DeepfakeDetector
+from dagster_deepfake.report import runtime_label
 from dagster_deepfake.training.calibrate import ScoredVideos, evaluation_dataset, score_videos
 from dagster_deepfake.training.calibration import apply_temperature
 from dagster_deepfake.training.features import FeatureSource
@@ -64,8 +65,8 @@ class Protocol(BaseModel):
     calibration: str
     threshold: float
     bootstrap: str
-    # What computed the logits: the precision, the face backbone in torch or ONNX Runtime (score_videos).
-    runtime: str = "fp32, face backbone in torch"
+    # What computed the logits (score_videos), worded as every verdict's (report.runtime_label).
+    runtime: str = "cpu, fp32, face backbone on torch"
 
 
 @dataclass
@@ -156,9 +157,8 @@ def _protocol(
         calibration=f'temperature T = {temperature:.3f} fitted on validation; "raw" ECE is at T = 1 (no scaling)',
         threshold=threshold,
         bootstrap=f"{n_resamples} stratified resamples of videos, percentile 95 %, seed {seed}",
-        runtime=f"{scored.precision}, face backbone in "
-        + {"onnxruntime": "ONNX Runtime (exported graph)"}.get(
-            scored.backbone_runtime, scored.backbone_runtime
+        runtime=runtime_label(
+            {"device": scored.device, "precision": scored.precision, "backbone": scored.backbone_runtime}
         ),
     )
 
