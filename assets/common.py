@@ -17,6 +17,15 @@ def image_md(png_or_jpeg: bytes, alt: str, mime: str = "image/jpeg") -> str:
     return f"![{alt}](data:{mime};base64,{base64.b64encode(png_or_jpeg).decode()})"
 
 
+# The steps that run a model declare this pool, and with it dagster-celery's queue tag naming
+# the Celery queue of the same name: dagster-celery's own executor sends them there, every other
+# step to Celery's `task_default_queue` (deploy/celery.yaml; docs/DEPLOY.md "Celery workers").
+# The in-process executor ignores the tag. A literal, not `dagster_celery.tags`: importing
+# dagster_celery imports Celery, ~1 s in every run (tests/test_celery_units.py checks they agree).
+GPU_POOL = "gpu"
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+GPU_QUEUE_TAGS = {CELERY_QUEUE_TAG: GPU_POOL}
+
 # Dagster's run retry daemon reads this run tag before the instance's `run_retries` setting.
 RETRY_ON_ASSET_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 

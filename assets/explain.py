@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from assets.common import image_md
+from assets.common import GPU_POOL, GPU_QUEUE_TAGS, image_md
 from assets.model import audio_embeddings, predictions
 from assets.partitions import videos_partitions
 from dagster_deepfake import stages
@@ -32,7 +32,8 @@ from resources import (
     deps=[predictions, audio_embeddings],
     group_name="per_video",
     kinds={"pytorch", "png"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="Grad-CAM heat maps (aligned face and full frame) for the top-5 frames by P(fake), "
     "audio anomalies with timestamps, modality agreement.",
 )

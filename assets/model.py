@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from assets.common import image_md
+from assets.common import GPU_POOL, GPU_QUEUE_TAGS, image_md
 from assets.partitions import videos_partitions
 from assets.perception import aligned_faces, audio, optical_flow
 from dagster_deepfake import stages
@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # torch and the model libraries load where a model runs, not 
     deps=[audio],
     group_name="per_video",
     kinds={"pytorch"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="wav2vec2 features of the speech (VAD mask) projected to 512, per ensemble member; "
     "empty without usable audio.",
 )
@@ -79,7 +80,8 @@ def materialize_audio_embeddings(
     deps=[aligned_faces, optical_flow, audio_embeddings],
     group_name="per_video",
     kinds={"pytorch", "parquet", "postgres"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="Per-window and per-video P(fake), temperature-calibrated, with an interval.",
 )
 def predictions(

@@ -9,7 +9,7 @@ import datetime as dt
 import dagster as dg
 from pydantic import Field
 
-from assets.common import image_md
+from assets.common import GPU_POOL, GPU_QUEUE_TAGS, image_md
 from dagster_deepfake.config import with_training_config
 from dagster_deepfake.plots import line_plot_png
 from dagster_deepfake.training import registered
@@ -60,7 +60,8 @@ class TrainingRunConfig(dg.Config):
     deps=[dataset_manifest],
     group_name="training",
     kinds={"pytorch"},
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_QUEUE_TAGS,
     description="AdamW + cosine warm-up, temporal-consistency loss, modality dropout; best checkpoint by "
     "validation AUC, published to <model_dir>/current. Resumes an interrupted run.",
 )

@@ -57,32 +57,42 @@ TRAINING_ASSETS = [
     training.evaluation,
 ]
 
-train_job = dg.define_asset_job(
-    name="train_calibrate_evaluate",
-    selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
-    description="dataset_manifest → trained_model → calibration → evaluation on the cached per-video features.",
-    executor_def=dg.in_process_executor,
-)
 
-analyze_video_job = dg.define_asset_job(
-    name="analyze_video",
-    selection=dg.AssetSelection.assets(*PER_VIDEO_ASSETS),
-    description="Every per-video stage for one uploaded video (one partition).",
-    tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
-    # One process per run: models load once and arrays stay warm in the OS cache; the
-    # multiprocess default re-imports torch and reloads the model in every step.
-    executor_def=dg.in_process_executor,
-)
+def build_jobs(
+    executor_def: dg.ExecutorDefinition = dg.in_process_executor,
+) -> tuple[dg.UnresolvedAssetJobDefinition, dg.UnresolvedAssetJobDefinition, dg.UnresolvedAssetJobDefinition]:
+    """`analyze_video`, `extract_features` and `train_calibrate_evaluate`, run on `executor_def`.
+
+    In-process by default: one process per run, so models load once and arrays stay warm in the
+    OS cache (the multiprocess default re-imports torch and reloads the model in every step).
+    code_location/celery.py builds the same jobs on dagster-celery's executor.
+    """
+    analyze = dg.define_asset_job(
+        name="analyze_video",
+        selection=dg.AssetSelection.assets(*PER_VIDEO_ASSETS),
+        description="Every per-video stage for one uploaded video (one partition).",
+        tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
+        executor_def=executor_def,
+    )
+    features = dg.define_asset_job(
+        name="extract_features",
+        selection=dg.AssetSelection.assets(*FEATURE_ASSETS),
+        description="The feature stages only (probe, frames, faces, flow, audio) for one dataset video: "
+        "what `train_calibrate_evaluate` reads. Requested by the dataset backfill sensor.",
+        tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
+        executor_def=executor_def,
+    )
+    train = dg.define_asset_job(
+        name="train_calibrate_evaluate",
+        selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+        description="dataset_manifest → trained_model → calibration → evaluation on the cached "
+        "per-video features.",
+        executor_def=executor_def,
+    )
+    return analyze, features, train
 
 
-extract_features_job = dg.define_asset_job(
-    name="extract_features",
-    selection=dg.AssetSelection.assets(*FEATURE_ASSETS),
-    description="The feature stages only (probe, frames, faces, flow, audio) for one dataset video: "
-    "what `train_calibrate_evaluate` reads. Requested by the dataset backfill sensor.",
-    tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
-    executor_def=dg.in_process_executor,
-)
+analyze_video_job, extract_features_job, train_job = build_jobs()
 
 
 def build_definitions(
@@ -90,11 +100,11 @@ def build_definitions(
 ) -> dg.Definitions:
     """`executor_def`: run the same three jobs' steps on it instead (code_location/celery.py)."""
     settings = load_settings(config_path)
-    jobs = [analyze_video_job, extract_features_job, train_job]
-    if executor_def is not None:
-        from dagster._record import copy
-
-        jobs = [copy(job, executor_def=executor_def) for job in jobs]
+    jobs = (
+        build_jobs(executor_def)
+        if executor_def is not None
+        else (analyze_video_job, extract_features_job, train_job)
+    )
     analyze, features, _ = jobs
     built: list[dg.Definitions] = []  # the batch job runs the per-video jobs of these Definitions
     # Not on another executor: a batch runs its videos in-process, and Celery workers are warm already.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -261,6 +262,19 @@ def _step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[s
     return out
 
 
+def _step_queues(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
+    """Step key → the Celery queue dagster-celery submitted it to (its "Submitting" engine event)."""
+    out: dict[str, str] = {}
+    for record in instance.get_records_for_run(run_id).records:
+        event = record.event_log_entry.dagster_event
+        if event is None or event.event_type != dg.DagsterEventType.ENGINE_EVENT:
+            continue
+        match = re.fullmatch(r'Submitting celery task for step "(.+)" to queue "(.+)"\.', event.message or "")
+        if match:
+            out[match[1]] = match[2]
+    return out
+
+
 def _rows(db: ResultsDB, table, video_id: str) -> int:
     with db.engine.connect() as conn:
         return len(conn.execute(table.select().where(table.c.video_id == video_id)).all())
@@ -303,6 +317,17 @@ def test_videos_through_the_sensor_complete_once_on_both_workers(fleet: Fleet, c
                 "aligned_faces_face_coverage_check",
             }
             seen_workers |= {w for ws in steps.values() for w in ws}
+            # The model steps went to the gpu queue (their pool's tag), the rest to the default one.
+            queues = _step_queues(instance, runs[0].run_id)
+            assert queues.keys() == steps.keys(), video_id
+            assert {k for k, q in queues.items() if q == "gpu"} == {
+                "audio_embeddings",
+                "predictions",
+                "saliency",
+            }
+            assert {
+                q for k, q in queues.items() if k not in ("audio_embeddings", "predictions", "saliency")
+            } == {"cpu"}
     assert {w.split("@")[0] for w in seen_workers} == {"w1", "w2"}  # hostname w1@<host>
     for video_id in ids:
         for table in (videos, jobs, predictions, analyses):

@@ -1,4 +1,4 @@
-"""The pieces of Celery execution without a fleet: queue routing by pool, the worker's bounded
+"""The pieces of Celery execution without a fleet: queues by pool, the worker's bounded
 model cache, the project's Redis keeping queued messages over a restart, and one config file
 that the executor and the workers read alike (docs/DEPLOY.md, "Celery workers")."""
 
@@ -23,19 +23,25 @@ def _free_port() -> int:
 
 def test_gpu_pool_steps_go_to_the_gpu_queue_and_the_rest_to_cpu(monkeypatch):
     from dagster._core.execution.api import create_execution_plan
-    from dagster._core.execution.retries import RetryMode
+    from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
+    from assets.common import CELERY_QUEUE_TAG
     from code_location.celery import defs
-    from launchers.celery_executor import RoutedCeleryExecutor
 
+    # The assets spell dagster-celery's tag as a literal (importing dagster_celery costs ~1 s).
+    assert CELERY_QUEUE_TAG == DAGSTER_CELERY_QUEUE_TAG
     for name in ("DAGSTER_CELERY_BROKER_URL", "DAGSTER_CELERY_BACKEND_URL"):
         monkeypatch.setenv(name, "redis://127.0.0.1:6379/0")  # the executor's config names them
-    routing = load_celery_config()["routing"]
-    executor = RoutedCeleryExecutor(retries=RetryMode(RetryMode.DISABLED), **routing)
+    default_queue = load_celery_config()["execution"]["config"]["config_source"]["task_default_queue"]
+    assert default_queue == "cpu"
+
+    def queue_for(step) -> str:  # dagster-celery's rule (core_celery_execution_loop)
+        return step.tags.get(DAGSTER_CELERY_QUEUE_TAG, default_queue)
+
     job = defs.resolve_job_def("analyze_video")
     assert job.executor_def.name == "celery"
     plan = create_execution_plan(job, run_config={})
-    queues = {step.key: executor.queue_for(step) for step in plan.get_all_steps_in_topo_order()}
+    queues = {step.key: queue_for(step) for step in plan.get_all_steps_in_topo_order()}
     pools = {step.key: step.pool for step in plan.get_all_steps_in_topo_order()}
     assert {k for k, q in queues.items() if q == "gpu"} == {k for k, p in pools.items() if p == "gpu"}
     assert {"audio_embeddings", "predictions", "saliency"} <= {k for k, q in queues.items() if q == "gpu"}
@@ -43,8 +49,14 @@ def test_gpu_pool_steps_go_to_the_gpu_queue_and_the_rest_to_cpu(monkeypatch):
         k for k, q in queues.items() if q == "cpu"
     }
     train = defs.resolve_job_def("train_calibrate_evaluate")
+    assert train.executor_def.name == "celery"
     train_plan = create_execution_plan(train, run_config={})
-    assert executor.queue_for(train_plan.get_step_by_key("trained_model")) == "gpu"
+    assert queue_for(train_plan.get_step_by_key("trained_model")) == "gpu"
+    assert queue_for(train_plan.get_step_by_key("dataset_manifest")) == "cpu"
+    # The local code location's jobs are the same jobs, in-process.
+    from code_location.definitions import defs as local
+
+    assert local.resolve_job_def("analyze_video").executor_def.name == "in_process"
 
 
 def test_executor_and_workers_read_one_file(monkeypatch):
