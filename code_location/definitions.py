@@ -67,11 +67,13 @@ def build_jobs(
     OS cache (the multiprocess default re-imports torch and reloads the model in every step).
     code_location/celery.py builds the same jobs on dagster-celery's executor.
     """
+    # A per-video run is retried once (what may pass next time) and holds the machine's cores.
+    per_video_tags = {"dagster/max_retries": "1", **WHOLE_MACHINE}
     analyze = dg.define_asset_job(
         name="analyze_video",
         selection=dg.AssetSelection.assets(*PER_VIDEO_ASSETS),
         description="Every per-video stage for one uploaded video (one partition).",
-        tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
+        tags=per_video_tags,
         executor_def=executor_def,
     )
     features = dg.define_asset_job(
@@ -79,7 +81,7 @@ def build_jobs(
         selection=dg.AssetSelection.assets(*FEATURE_ASSETS),
         description="The feature stages only (probe, frames, faces, flow, audio) for one dataset video: "
         "what `train_calibrate_evaluate` reads. Requested by the dataset backfill sensor.",
-        tags={"dagster/max_retries": "1", **WHOLE_MACHINE},
+        tags=per_video_tags,
         executor_def=executor_def,
     )
     train = dg.define_asset_job(
